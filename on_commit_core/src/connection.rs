@@ -1,0 +1,371 @@
+//! `HookedConnection<C>`: the wrapper and its thin, complete delegation of
+//! Diesel's connection traits to the inner connection.
+//!
+//! Every method here is one line of forwarding, as in Diesel's
+//! `PooledConnection`, except that errors coming back from the database are
+//! shown to the hook state (`observe`), which needs them for rules 5.3 and 9.
+//! Hook logic lives in `transaction.rs`, `register.rs` and `testing.rs`.
+
+use std::fmt;
+
+use diesel::connection::{
+    CacheSize, Connection, ConnectionSealed, Instrumentation, LoadConnection,
+    MultiConnectionHelper, SimpleConnection, TransactionManager, WithMetadataLookup,
+};
+use diesel::expression::QueryMetadata;
+use diesel::migration::MigrationConnection;
+use diesel::query_builder::{Query, QueryFragment, QueryId};
+use diesel::query_dsl::UpdateAndFetchResults;
+use diesel::result::{ConnectionResult, QueryResult};
+
+use crate::hook::{HookPanics, OutsideTransaction};
+use crate::testing::CaptureState;
+use crate::transaction::{AbortCause, HookedTransactionManager};
+use crate::queue::HookQueue;
+
+/// A Diesel connection that runs transaction hooks: [`on_commit`] after the
+/// outermost COMMIT, [`on_rollback`] after a rollback, [`before_commit`] just
+/// before COMMIT.
+///
+/// It wraps any `C: Connection` (`PgConnection`, `MysqlConnection`,
+/// `SqliteConnection`, a `MultiConnection` enum) and is itself a
+/// `diesel::Connection`: ordinary Diesel code runs through it unchanged.
+///
+/// ```
+/// use diesel::prelude::*;
+/// use diesel_on_commit::HookedConnection;
+/// use std::sync::{Arc, Mutex};
+///
+/// let mut conn = HookedConnection::new(SqliteConnection::establish(":memory:")?);
+/// let sent = Arc::new(Mutex::new(Vec::new()));
+/// let log = sent.clone();
+/// conn.transaction::<_, diesel::result::Error, _>(|conn| {
+///     diesel::sql_query("CREATE TABLE orders (id INTEGER PRIMARY KEY)").execute(conn)?;
+///     conn.on_commit(move || log.lock().unwrap().push("confirmation email"));
+///     assert!(sent.lock().unwrap().is_empty()); // not yet: nothing is committed
+///     Ok(())
+/// })?;
+/// assert_eq!(*sent.lock().unwrap(), ["confirmation email"]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// For services: `type DbConn = HookedConnection<PgConnection>;` and a pool of
+/// them (`r2d2::Pool<ConnectionManager<DbConn>>`); functions take `&mut DbConn`.
+///
+/// [`on_commit`]: HookedConnection::on_commit
+/// [`on_rollback`]: HookedConnection::on_rollback
+/// [`before_commit`]: HookedConnection::before_commit
+pub struct HookedConnection<C: Connection> {
+    pub(crate) inner: C,
+    pub(crate) state: HookState<C>,
+}
+
+/// Everything the wrapper keeps beside the inner connection.
+pub(crate) struct HookState<C: Connection> {
+    pub(crate) queue: HookQueue<C>,
+    /// User levels opened by the wrapper and still open (`d` when in sync).
+    pub(crate) levels: u32,
+    /// A test transaction is open below the user levels (rule 11).
+    pub(crate) baseline: bool,
+    pub(crate) outside: OutsideTransaction,
+    pub(crate) hook_panics: HookPanics,
+    /// > 0 while `on_commit`-kind hooks run after COMMIT or at once: their own
+    /// registrations are exempt from `WarnAndRun` and `Panic` (rule 2).
+    pub(crate) running_commit_hooks: u32,
+    /// > 0 while a panic of the transaction body is being handled: an
+    /// `on_rollback` hook's panic is then only logged (rule 6).
+    pub(crate) unwinding: u32,
+    pub(crate) capture: Option<CaptureState<C>>,
+    /// The first database error seen inside the open user transaction, kept
+    /// to report a transaction the database aborted (rule 5.3).
+    pub(crate) abort_cause: Option<AbortCause>,
+    /// A database error said the connection was lost (rule 9).
+    pub(crate) lost: bool,
+}
+
+impl<C: Connection> HookedConnection<C> {
+    /// Wraps a connection. It must not be inside a transaction: one opened
+    /// before wrapping is not the wrapper's and registering a hook in it
+    /// panics (SPEC rule 8).
+    pub fn new(inner: C) -> Self {
+        Self {
+            inner,
+            state: HookState {
+                queue: HookQueue::new(),
+                levels: 0,
+                baseline: false,
+                outside: OutsideTransaction::default(),
+                hook_panics: HookPanics::default(),
+                running_commit_hooks: 0,
+                unwinding: 0,
+                capture: None,
+                abort_cause: None,
+                lost: false,
+            },
+        }
+    }
+
+    /// The inner connection.
+    pub fn inner(&self) -> &C {
+        &self.inner
+    }
+
+    /// The inner connection, for backend-specific methods (for example
+    /// `SqliteConnection::register_sql_function`) and for helpers that only
+    /// run queries. A transaction begun on it is not the wrapper's (rule 8).
+    pub fn inner_mut(&mut self) -> &mut C {
+        &mut self.inner
+    }
+
+    /// Unwraps the connection. With an open user transaction, every queued
+    /// hook is discarded with a warning: none of them runs (rule 10).
+    pub fn into_inner(mut self) -> C {
+        if !self.state.queue.is_empty() || self.state.levels > 0 {
+            tracing::warn!(
+                discarded = self.state.queue.len(),
+                levels = self.state.levels,
+                "HookedConnection::into_inner with an open transaction: its hooks are discarded, none runs"
+            );
+            drop(self.state.queue.take_all());
+            self.state.levels = 0;
+        }
+        let Self { inner, state } = self;
+        drop(state);
+        inner
+    }
+
+    /// What registering an `on_commit`-kind hook outside a transaction does
+    /// (SPEC rule 2); the default is [`OutsideTransaction::Run`].
+    pub fn set_outside_transaction(&mut self, policy: OutsideTransaction) {
+        self.state.outside = policy;
+    }
+
+    /// What a hook's panic does once the other hooks ran (SPEC rule 6); the
+    /// default is [`HookPanics::Resume`].
+    pub fn set_hook_panics(&mut self, policy: HookPanics) {
+        self.state.hook_panics = policy;
+    }
+
+    /// Runs `f` in a transaction: Diesel's
+    /// [`Connection::transaction`], with the hook rules of SPEC.md.
+    ///
+    /// * `Ok`: `before_commit` hooks run, then COMMIT (or RELEASE SAVEPOINT
+    ///   when nested); after the outermost COMMIT the `on_commit` hooks run in
+    ///   registration order, on this connection, outside any transaction.
+    /// * `Err`, a failed COMMIT, or a transaction the database had aborted:
+    ///   the level is rolled back, its hooks are discarded, its `on_rollback`
+    ///   hooks run, and the error is returned. `Ok` is never returned for
+    ///   work that was not committed.
+    /// * A panic in `f`: the level is rolled back (as for `Err`), the
+    ///   connection stays usable, and the panic is resumed.
+    ///
+    /// **A panic out of `transaction` does not always mean a rollback**: under
+    /// [`HookPanics::Resume`], a panic of an `on_commit` hook is resumed after
+    /// COMMIT succeeded and the other hooks ran.
+    pub fn transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut Self) -> Result<T, E>,
+        E: From<diesel::result::Error>,
+    {
+        <Self as Connection>::transaction(self, f)
+    }
+
+    /// Shows a database error that came back through the wrapper to the hook
+    /// state. Only errors reach this: the success path costs nothing.
+    #[cold]
+    fn observe(state: &mut HookState<C>, error: &diesel::result::Error) {
+        state.observe_error(error);
+    }
+}
+
+impl<C: Connection> fmt::Debug for HookedConnection<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HookedConnection")
+            .field("inner", &std::any::type_name::<C>())
+            .field("levels", &self.state.levels)
+            .field("test_transaction", &self.state.baseline)
+            .field("queued_hooks", &self.state.queue.len())
+            .field("outside_transaction", &self.state.outside)
+            .field("hook_panics", &self.state.hook_panics)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: Connection> SimpleConnection for HookedConnection<C> {
+    fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
+        let result = self.inner.batch_execute(query);
+        if let Err(e) = &result {
+            Self::observe(&mut self.state, e);
+        }
+        result
+    }
+}
+
+impl<C: Connection> ConnectionSealed for HookedConnection<C> {}
+
+impl<C: Connection> Connection for HookedConnection<C> {
+    type Backend = C::Backend;
+    type TransactionManager = HookedTransactionManager<C>;
+
+    fn establish(database_url: &str) -> ConnectionResult<Self> {
+        C::establish(database_url).map(Self::new)
+    }
+
+    fn begin_test_transaction(&mut self) -> QueryResult<()> {
+        crate::testing::begin_test_transaction(self)
+    }
+
+    fn test_transaction<T, E, F>(&mut self, f: F) -> T
+    where
+        F: FnOnce(&mut Self) -> Result<T, E>,
+        E: fmt::Debug,
+    {
+        crate::testing::test_transaction(self, f)
+    }
+
+    fn execute_returning_count<T>(&mut self, source: &T) -> QueryResult<usize>
+    where
+        T: QueryFragment<Self::Backend> + QueryId,
+    {
+        let result = self.inner.execute_returning_count(source);
+        if let Err(e) = &result {
+            Self::observe(&mut self.state, e);
+        }
+        result
+    }
+
+    fn transaction_state(
+        &mut self,
+    ) -> &mut <Self::TransactionManager as TransactionManager<Self>>::TransactionStateData {
+        self.inner.transaction_state()
+    }
+
+    fn instrumentation(&mut self) -> &mut dyn Instrumentation {
+        self.inner.instrumentation()
+    }
+
+    fn set_instrumentation(&mut self, instrumentation: impl Instrumentation) {
+        self.inner.set_instrumentation(instrumentation)
+    }
+
+    fn set_prepared_statement_cache_size(&mut self, size: CacheSize) {
+        self.inner.set_prepared_statement_cache_size(size)
+    }
+}
+
+impl<B, C> LoadConnection<B> for HookedConnection<C>
+where
+    C: LoadConnection<B>,
+{
+    type Cursor<'conn, 'query>
+        = C::Cursor<'conn, 'query>
+    where
+        Self: 'conn;
+    type Row<'conn, 'query>
+        = C::Row<'conn, 'query>
+    where
+        Self: 'conn;
+
+    fn load<'conn, 'query, T>(
+        &'conn mut self,
+        source: T,
+    ) -> QueryResult<Self::Cursor<'conn, 'query>>
+    where
+        T: Query + QueryFragment<Self::Backend> + QueryId + 'query,
+        Self::Backend: QueryMetadata<T::SqlType>,
+    {
+        // Split the borrow: the cursor borrows `inner`, the error path `state`.
+        let Self { inner, state } = self;
+        match inner.load(source) {
+            Ok(cursor) => Ok(cursor),
+            Err(e) => {
+                Self::observe(state, &e);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl<C: MigrationConnection> MigrationConnection for HookedConnection<C> {
+    fn setup(&mut self) -> QueryResult<usize> {
+        self.inner.setup()
+    }
+}
+
+impl<Changes, Output, C> UpdateAndFetchResults<Changes, Output> for HookedConnection<C>
+where
+    C: UpdateAndFetchResults<Changes, Output>,
+{
+    fn update_and_fetch(&mut self, changeset: Changes) -> QueryResult<Output> {
+        self.inner.update_and_fetch(changeset)
+    }
+}
+
+impl<C: WithMetadataLookup> WithMetadataLookup for HookedConnection<C> {
+    fn metadata_lookup(
+        &mut self,
+    ) -> &mut <Self::Backend as diesel::sql_types::TypeMetadata>::MetadataLookup {
+        self.inner.metadata_lookup()
+    }
+}
+
+impl<C> MultiConnectionHelper for HookedConnection<C>
+where
+    C: MultiConnectionHelper + 'static,
+{
+    fn to_any<'a>(
+        lookup: &mut <Self::Backend as diesel::sql_types::TypeMetadata>::MetadataLookup,
+    ) -> &mut (dyn std::any::Any + 'a) {
+        C::to_any(lookup)
+    }
+
+    fn from_any(
+        lookup: &mut dyn std::any::Any,
+    ) -> Option<&mut <Self::Backend as diesel::sql_types::TypeMetadata>::MetadataLookup> {
+        // A backend whose lookup is the connection itself (PostgreSQL) hands
+        // us the wrapper; the others hand their own lookup type.
+        if lookup.is::<Self>() {
+            let wrapper = lookup.downcast_mut::<Self>()?;
+            C::from_any(&mut wrapper.inner)
+        } else {
+            C::from_any(lookup)
+        }
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl<C> diesel::pg::GetPgMetadataCache for HookedConnection<C>
+where
+    C: diesel::pg::GetPgMetadataCache + Connection<Backend = diesel::pg::Pg>,
+{
+    fn get_metadata_cache(&mut self) -> &mut diesel::pg::PgMetadataCache {
+        self.inner.get_metadata_cache()
+    }
+}
+
+#[cfg(feature = "r2d2")]
+impl<C: diesel::r2d2::R2D2Connection> diesel::r2d2::R2D2Connection for HookedConnection<C> {
+    fn ping(&mut self) -> QueryResult<()> {
+        self.inner.ping()
+    }
+
+    /// Broken when the inner connection is, when the connection was lost,
+    /// or when a user transaction is still open: a pool then drops it rather
+    /// than hand its hooks to the next checkout.
+    fn is_broken(&mut self) -> bool {
+        self.state.lost || self.state.levels > 0 || self.inner.is_broken()
+    }
+}
+
+/// Rule 10: dropping a wrapper with an open user transaction runs its
+/// `on_rollback` hooks (the database rolls back when the session ends) and
+/// discards the rest. A hook's panic here is logged, never resumed.
+impl<C: Connection> Drop for HookState<C> {
+    fn drop(&mut self) {
+        if self.levels > 0 || !self.queue.is_empty() {
+            self.levels = 0;
+            self.unwinding += 1; // no panic may leave `drop`
+            self.rolled_back(1);
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! The runtime of [diesel-on-commit](https://docs.rs/diesel-on-commit):
+//! [`HookedConnection`], a Diesel connection that runs hooks after the
+//! outermost COMMIT, after a rollback, or just before COMMIT.
+//!
+//! Users depend on the facade crate `diesel-on-commit`, which re-exports
+//! everything here together with the macros. Where each rule of the contract
+//! lives:
+//!
+//! | file | rules |
+//! |---|---|
+//! | `connection.rs` | the wrapper and its delegation of Diesel's traits |
+//! | `transaction.rs` | begin, commit, rollback, panic guard, foreign and broken transactions (3, 4, 5, 7, 8, 9) |
+//! | `queue.rs` | levels, merge, discard, order, cost (1, 3, 4, 13, 14) |
+//! | `hook.rs` | hook kinds, labels, return types, panic isolation (6) |
+//! | `register.rs` | registration and the outside-a-transaction policy (1, 2) |
+//! | `testing.rs` | test transactions and capture (11, 12) |
+//! | `connection.rs` (`Drop`) | dropping a wrapper mid-transaction (10) |
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![warn(missing_debug_implementations)]
+
+mod connection;
+mod hook;
+mod queue;
+mod register;
+mod testing;
+mod transaction;
+
+pub use crate::connection::HookedConnection;
+pub use crate::hook::{HookLabel, HookPanics, HookResult, OutsideTransaction};
+pub use crate::register::TransactionHooks;
+pub use crate::testing::{Capture, CapturedHooks};
+pub use crate::transaction::HookedTransactionManager;
+
+/// The names most code needs: `use diesel_on_commit::prelude::*;`.
+pub mod prelude {
+    pub use crate::{
+        Capture, CapturedHooks, HookPanics, HookedConnection, OutsideTransaction, TransactionHooks,
+    };
+}
+
+/// Items the macros' expansions name. Not public API: no stability promise.
+#[doc(hidden)]
+pub mod __private {
+    pub use diesel;
+}

@@ -1,0 +1,143 @@
+//! The hook queue: levels, merge on release, discard on rollback, order
+//! (SPEC rules 1, 3, 4, 13, 14).
+//!
+//! All queued hooks live in one `Vec`, in registration order. A hook
+//! registered at user depth `d` belongs to level `d`; because a level can only
+//! be entered after every deeper one was closed, the hooks of levels `>= k`
+//! are always a suffix of that `Vec`. `starts` records where each level that
+//! holds a hook begins, so every operation below is O(1) or touches only the
+//! hooks it moves. A transaction that queues no hook never allocates: both
+//! vectors stay empty.
+
+use std::vec::Drain;
+
+use crate::hook::{Entry, Hook};
+
+/// Past this many queued hooks, the `Vec` is not kept for reuse after firing,
+/// so a pooled connection does not hold a huge allocation forever.
+const KEEP_CAPACITY: usize = 1024;
+
+pub(crate) struct HookQueue<C: diesel::Connection> {
+    entries: Vec<Entry<C>>,
+    /// `(level, index of its first entry)`, strictly increasing in both; only
+    /// levels that hold at least one entry appear.
+    starts: Vec<(u32, usize)>,
+    /// How many `before_commit` hooks are queued (so a commit without any
+    /// skips looking for them).
+    before_commit: usize,
+}
+
+impl<C: diesel::Connection> HookQueue<C> {
+    pub(crate) const fn new() -> Self {
+        Self {
+            entries: Vec::new(),
+            starts: Vec::new(),
+            before_commit: 0,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Appends `entry` to level `level`. Every queued hook belongs to a level
+    /// `<= level` (the caller passes the current user depth), so order is
+    /// registration order within the level and across levels.
+    pub(crate) fn push(&mut self, level: u32, entry: Entry<C>) {
+        debug_assert!(level >= 1);
+        match self.starts.last() {
+            Some(&(last, _)) if last == level => {}
+            last => {
+                debug_assert!(last.is_none_or(|&(l, _)| l < level), "queue level order");
+                self.starts.push((level, self.entries.len()));
+            }
+        }
+        if matches!(entry.hook, Hook::BeforeCommit(_)) {
+            self.before_commit += 1;
+        }
+        self.entries.push(entry);
+    }
+
+    /// Level `level` (`>= 2`) was released: its hooks become the last hooks
+    /// of level `level - 1`, order kept. Nothing runs.
+    pub(crate) fn release(&mut self, level: u32) {
+        debug_assert!(level >= 2);
+        let n = self.starts.len();
+        match self.starts.last_mut() {
+            Some(last) if last.0 == level => {
+                if n >= 2 && self.starts[n - 2].0 == level - 1 {
+                    self.starts.pop();
+                } else {
+                    self.starts[n - 1].0 = level - 1;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Removes the hooks of level `level` and of every level above it, in
+    /// registration order: the caller runs the `on_rollback` ones among them
+    /// and drops the rest (rule 4).
+    pub(crate) fn take_from_level(&mut self, level: u32) -> Drain<'_, Entry<C>> {
+        let mut from = self.entries.len();
+        while let Some(&(l, start)) = self.starts.last() {
+            if l < level {
+                break;
+            }
+            from = start;
+            self.starts.pop();
+        }
+        if self.before_commit > 0 {
+            self.before_commit -= self.entries[from..]
+                .iter()
+                .filter(|e| matches!(e.hook, Hook::BeforeCommit(_)))
+                .count();
+        }
+        self.entries.drain(from..)
+    }
+
+    /// Takes the next queued `before_commit` hook at or after `*cursor`,
+    /// leaving the rest of the queue in place; hooks it registers are
+    /// appended and are seen by later calls (rule 5.1).
+    pub(crate) fn next_before_commit(&mut self, cursor: &mut usize) -> Option<Entry<C>> {
+        if self.before_commit == 0 {
+            return None;
+        }
+        while *cursor < self.entries.len() {
+            let i = *cursor;
+            *cursor += 1;
+            if matches!(self.entries[i].hook, Hook::BeforeCommit(_)) {
+                self.before_commit -= 1;
+                let label = self.entries[i].label;
+                let hook = std::mem::replace(&mut self.entries[i].hook, Hook::Spent);
+                return Some(Entry { label, hook });
+            }
+        }
+        None
+    }
+
+    /// Takes every queued hook, for the outermost commit (all are level 1 by
+    /// then). Hand the `Vec` back with [`HookQueue::recycle`] once it is
+    /// drained, so the next transaction reuses its capacity.
+    pub(crate) fn take_all(&mut self) -> Vec<Entry<C>> {
+        self.starts.clear();
+        self.before_commit = 0;
+        std::mem::take(&mut self.entries)
+    }
+
+    /// Gives back a drained `Vec` from [`HookQueue::take_all`]; it is kept
+    /// only if nothing was queued meanwhile and it is not huge (rule 14).
+    pub(crate) fn recycle(&mut self, mut spent: Vec<Entry<C>>) {
+        spent.clear();
+        if self.entries.capacity() == 0 && spent.capacity() <= KEEP_CAPACITY {
+            self.entries = spent;
+        }
+        if self.starts.is_empty() && self.starts.capacity() > 64 {
+            self.starts = Vec::new();
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! Registering hooks: the five methods, the `TransactionHooks` trait, and
+//! what happens outside a transaction (SPEC rules 1, 2, 8, 9).
+
+use std::any::type_name;
+use std::panic::Location;
+
+use diesel::connection::Connection;
+use diesel::result::QueryResult;
+
+use crate::connection::HookedConnection;
+use crate::hook::{self, CommitHook, Entry, FirstPanic, Hook, HookLabel, HookResult, OutsideTransaction};
+use crate::transaction::Sync;
+
+/// Registering transaction hooks, for code that is generic over the
+/// connection wrapper (`HookedConnection<C>`, and later the async one).
+///
+/// Macros call it by its full path, never by method syntax: Diesel's next
+/// release adds `SqliteConnection::on_commit`/`on_rollback`, SQLite's own
+/// connection-wide commit hooks, which are not these.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot register transaction hooks: it is not a `HookedConnection`",
+    label = "a plain Diesel connection or a pool guard",
+    note = "wrap the connection: `type DbConn = HookedConnection<PgConnection>;` then `HookedConnection::new(conn)` or `DbConn::establish(url)`",
+    note = "from a pool of `HookedConnection`s, take `let conn: &mut DbConn = &mut pooled;`"
+)]
+pub trait TransactionHooks {
+    /// Runs `f` after the outermost COMMIT succeeded; discarded on rollback.
+    /// Outside a transaction the connection's [`OutsideTransaction`] policy
+    /// decides. See [`HookedConnection::on_commit`].
+    #[track_caller]
+    fn on_commit<F, R>(&mut self, f: F)
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: HookResult;
+
+    /// As [`on_commit`](TransactionHooks::on_commit), but a panic in `f` is
+    /// caught and logged and never resumed.
+    #[track_caller]
+    fn on_commit_robust<F, R>(&mut self, f: F)
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: HookResult;
+
+    /// Runs `f` after the level it was registered in (or an enclosing one)
+    /// rolled back. See [`HookedConnection::on_rollback`].
+    #[track_caller]
+    fn on_rollback<F, R>(&mut self, f: F)
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: HookResult;
+
+    /// Whether a user transaction is open (`d >= 1`; a test transaction
+    /// alone does not count).
+    fn in_transaction(&mut self) -> bool;
+
+    /// `on_commit` with the label text given (for `on_commit!`).
+    #[doc(hidden)]
+    #[track_caller]
+    fn __on_commit_labeled<F, R>(&mut self, text: &'static str, f: F)
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: HookResult;
+
+    /// `on_commit_robust` with the label text given (for `on_commit!`).
+    #[doc(hidden)]
+    #[track_caller]
+    fn __on_commit_robust_labeled<F, R>(&mut self, text: &'static str, f: F)
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: HookResult;
+
+    /// `on_commit_with` with the label text given (for `on_commit!`).
+    #[doc(hidden)]
+    #[track_caller]
+    fn __on_commit_with_labeled<F, R>(&mut self, text: &'static str, f: F)
+    where
+        F: FnOnce(&mut Self) -> R + Send + 'static,
+        R: HookResult;
+}
+
+impl<C: Connection> HookedConnection<C> {
+    /// Registers `f` to run after the outermost COMMIT succeeds.
+    ///
+    /// * Inside a transaction or savepoint it is queued at the current level:
+    ///   released with a savepoint into the enclosing level, discarded if a
+    ///   level it is in rolls back, run after COMMIT in registration order
+    ///   (rules 1, 3, 4, 5).
+    /// * Outside a transaction the [`OutsideTransaction`] policy decides; by
+    ///   default it runs at once, as in Django (rule 2).
+    /// * `f` returns `()` or a `Result`; an `Err` is logged at ERROR with the
+    ///   hook's label and does not stop the hooks after it.
+    ///
+    /// Hooks are **at most once**: a crash between COMMIT and the hook loses
+    /// it. Work that must happen needs an outbox row written in the same
+    /// transaction. Hooks run while the connection is still checked out of
+    /// its pool: enqueue work, do not make slow calls.
+    ///
+    /// A closure that only panics must name its return type:
+    /// `|| -> () { panic!("..") }` (Rust cannot infer one).
+    #[track_caller]
+    pub fn on_commit<F, R>(&mut self, f: F)
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: HookResult,
+    {
+        let label = HookLabel::new(Location::caller(), type_name::<F>());
+        self.register_commit(label, CommitHook::Plain(hook::plain(f)));
+    }
+
+    /// As [`on_commit`](Self::on_commit), but a panic in `f` is caught,
+    /// logged at ERROR with the hook's label, and never resumed.
+    #[track_caller]
+    pub fn on_commit_robust<F, R>(&mut self, f: F)
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: HookResult,
+    {
+        let label = HookLabel::new(Location::caller(), type_name::<F>());
+        self.register_commit(label, CommitHook::Robust(hook::plain(f)));
+    }
+
+    /// As [`on_commit`](Self::on_commit), and `f` receives the connection,
+    /// at `d == 0`: a hook it registers runs at once (depth first, as in
+    /// Django), and a transaction it opens is a fresh one with its own hooks.
+    #[track_caller]
+    pub fn on_commit_with<F, R>(&mut self, f: F)
+    where
+        F: FnOnce(&mut Self) -> R + Send + 'static,
+        R: HookResult,
+    {
+        let label = HookLabel::new(Location::caller(), type_name::<F>());
+        self.register_commit(label, CommitHook::With(hook::with(f)));
+    }
+
+    /// Registers `f` to run after the level it was registered in, or an
+    /// enclosing one, rolled back (for any reason: `Err`, a panic, a failed
+    /// COMMIT, a `before_commit` error, a broken connection). Dropped when
+    /// the level commits. Outside a transaction it is dropped under
+    /// [`OutsideTransaction::Run`], warned and dropped under `WarnAndRun`,
+    /// and panics under `Panic`.
+    ///
+    /// After a COMMIT whose outcome is unknown (the connection died before
+    /// the answer), `on_rollback` hooks run although the work may in fact
+    /// have committed.
+    #[track_caller]
+    pub fn on_rollback<F, R>(&mut self, f: F)
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: HookResult,
+    {
+        let label = HookLabel::new(Location::caller(), type_name::<F>());
+        self.register_rollback(label, hook::plain(f));
+    }
+
+    /// Registers `f` to run inside the transaction, just before the
+    /// outermost COMMIT, with the connection (rule 5). Hooks it registers
+    /// land in the same level; `before_commit` hooks it registers run too.
+    /// An `Err` (or a panic) stops the remaining ones, rolls the transaction
+    /// back, and is returned from `transaction()` (or resumed).
+    ///
+    /// # Panics
+    ///
+    /// Outside a transaction, under every policy: autocommit already
+    /// committed, there is nothing to veto.
+    #[track_caller]
+    pub fn before_commit<F>(&mut self, f: F)
+    where
+        F: FnOnce(&mut Self) -> QueryResult<()> + Send + 'static,
+    {
+        let label = HookLabel::new(Location::caller(), type_name::<F>());
+        self.register(label, Hook::BeforeCommit(Box::new(f)));
+    }
+
+    /// Whether a user transaction is open: `d >= 1`. Inside a test
+    /// transaction alone this is `false`.
+    pub fn in_transaction(&mut self) -> bool {
+        self.sync();
+        self.user_depth() >= 1
+    }
+
+    fn register_commit(&mut self, label: HookLabel, hook: CommitHook<C>) {
+        self.register(label, Hook::Commit(hook));
+    }
+
+    fn register_rollback(&mut self, label: HookLabel, f: hook::PlainFn) {
+        self.register(label, Hook::Rollback(f));
+    }
+
+    /// Queues `hook` at the current level, or applies rule 2 at `d == 0`.
+    fn register(&mut self, label: HookLabel, hook: Hook<C>) {
+        match self.sync() {
+            Sync::InSync => {}
+            Sync::Broken => return self.register_on_broken(label, hook),
+            Sync::Foreign => panic!(
+                "{} hook {label} registered while the connection is in a transaction that \
+                 HookedConnection did not open (begun on inner_mut() or through the inner \
+                 TransactionManager); open transactions with HookedConnection::transaction()",
+                hook.kind()
+            ),
+        }
+        if self.state.levels >= 1 {
+            let level = self.state.levels;
+            self.state.queue.push(level, Entry { label, hook });
+            return;
+        }
+        let exempt = self.state.running_commit_hooks > 0;
+        match hook {
+            Hook::Commit(hook) => {
+                match self.state.outside {
+                    _ if exempt => {}
+                    OutsideTransaction::Run => {}
+                    OutsideTransaction::WarnAndRun => tracing::warn!(
+                        hook = %label,
+                        "on_commit hook {label} registered outside a transaction: it runs at once"
+                    ),
+                    OutsideTransaction::Panic => panic!(
+                        "on_commit hook {label} registered outside a transaction \
+                         (OutsideTransaction::Panic): open a transaction first"
+                    ),
+                }
+                let panics = self.run_commit_hooks([(label, hook)]);
+                panics.finish(
+                    self.state.hook_panics,
+                    false,
+                    "while running at once outside a transaction",
+                );
+            }
+            Hook::Rollback(_) => match self.state.outside {
+                OutsideTransaction::Run => {
+                    tracing::debug!(hook = %label, "on_rollback hook outside a transaction: dropped")
+                }
+                OutsideTransaction::WarnAndRun => tracing::warn!(
+                    hook = %label,
+                    "on_rollback hook {label} registered outside a transaction: dropped, it can never run"
+                ),
+                OutsideTransaction::Panic => panic!(
+                    "on_rollback hook {label} registered outside a transaction \
+                     (OutsideTransaction::Panic): there is nothing to roll back"
+                ),
+            },
+            Hook::BeforeCommit(_) => panic!(
+                "before_commit hook {label} registered outside a transaction: autocommit \
+                 already committed, there is nothing to veto; open a transaction first"
+            ),
+            Hook::Spent => {}
+        }
+    }
+
+    /// Rule 9: on a broken connection a new `on_rollback` hook runs at once;
+    /// other hooks are dropped with an ERROR log.
+    fn register_on_broken(&mut self, label: HookLabel, hook: Hook<C>) {
+        if let Hook::Rollback(f) = hook {
+            let mut panics = FirstPanic::new();
+            hook::run_plain(f, &label, &mut panics);
+            panics.finish(self.state.hook_panics, false, "on a broken connection");
+        } else {
+            tracing::error!(
+                hook = %label,
+                "{} hook {label} registered on a broken connection: dropped, it will never run",
+                hook.kind()
+            );
+        }
+    }
+}
+
+impl<C: Connection> TransactionHooks for HookedConnection<C> {
+    #[track_caller]
+    fn on_commit<F, R>(&mut self, f: F)
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: HookResult,
+    {
+        HookedConnection::on_commit(self, f)
+    }
+
+    #[track_caller]
+    fn on_commit_robust<F, R>(&mut self, f: F)
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: HookResult,
+    {
+        HookedConnection::on_commit_robust(self, f)
+    }
+
+    #[track_caller]
+    fn on_rollback<F, R>(&mut self, f: F)
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: HookResult,
+    {
+        HookedConnection::on_rollback(self, f)
+    }
+
+    fn in_transaction(&mut self) -> bool {
+        HookedConnection::in_transaction(self)
+    }
+
+    #[track_caller]
+    fn __on_commit_labeled<F, R>(&mut self, text: &'static str, f: F)
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: HookResult,
+    {
+        let label = HookLabel::new(Location::caller(), text);
+        self.register_commit(label, CommitHook::Plain(hook::plain(f)));
+    }
+
+    #[track_caller]
+    fn __on_commit_robust_labeled<F, R>(&mut self, text: &'static str, f: F)
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: HookResult,
+    {
+        let label = HookLabel::new(Location::caller(), text);
+        self.register_commit(label, CommitHook::Robust(hook::plain(f)));
+    }
+
+    #[track_caller]
+    fn __on_commit_with_labeled<F, R>(&mut self, text: &'static str, f: F)
+    where
+        F: FnOnce(&mut Self) -> R + Send + 'static,
+        R: HookResult,
+    {
+        let label = HookLabel::new(Location::caller(), text);
+        self.register_commit(label, CommitHook::With(hook::with(f)));
+    }
+}
