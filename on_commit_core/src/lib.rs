@@ -14,11 +14,13 @@
 //! | `hook.rs` | hook kinds, labels, return types, panic isolation (6) |
 //! | `register.rs` | registration and the outside-a-transaction policy (1, 2) |
 //! | `testing.rs` | test transactions and capture (11, 12) |
+//! | `atomic.rs` | what `#[atomic]` calls: the guard for any connection (7) |
 //! | `connection.rs` (`Drop`) | dropping a wrapper mid-transaction (10) |
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations)]
 
+mod atomic;
 mod connection;
 mod hook;
 mod queue;
@@ -42,5 +44,6 @@ pub mod prelude {
 /// Items the macros' expansions name. Not public API: no stability promise.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::atomic::{atomic, AtomicReturn};
     pub use diesel;
 }

@@ -1,0 +1,111 @@
+//! What `#[atomic]` expands to call: a transaction on any Diesel connection,
+//! with the panic guard of SPEC rule 7 (an r2d2 `PooledConnection` does not
+//! reach `HookedConnection::transaction`, so the guard is applied here too),
+//! and the return-type check with a message in the user's terms.
+
+use std::panic::{self, AssertUnwindSafe};
+
+use diesel::connection::{Connection, TransactionManager, TransactionManagerStatus};
+use diesel::result::Error;
+
+/// The inner depth minus a test transaction, or `None` when the manager is
+/// in error.
+fn user_depth<C: Connection>(conn: &mut C) -> Option<u32> {
+    match C::TransactionManager::transaction_manager_status_mut(conn) {
+        TransactionManagerStatus::Valid(valid) => Some(match &valid.in_transaction {
+            Some(s) => s.transaction_depth.get() - u32::from(s.test_transaction),
+            None => 0,
+        }),
+        TransactionManagerStatus::InError => None,
+    }
+}
+
+fn depth<C: Connection>(conn: &mut C) -> Option<u32> {
+    C::TransactionManager::transaction_manager_status_mut(conn)
+        .transaction_depth()
+        .ok()
+        .map(|d| d.map_or(0, |d| d.get()))
+}
+
+/// Rolls back until the depth is back to `target`; stops when a rollback
+/// makes no progress. Returns the first error.
+fn roll_back_to<C: Connection>(conn: &mut C, target: u32) -> Result<(), Error> {
+    let mut result = Ok(());
+    while let Some(now) = depth(conn).filter(|&d| d > target) {
+        let r = C::TransactionManager::rollback_transaction(conn);
+        if result.is_ok() {
+            result = r;
+        }
+        if depth(conn).is_none_or(|after| after >= now) {
+            break;
+        }
+    }
+    result
+}
+
+/// Runs `body` in a transaction (a savepoint when one is open) on any Diesel
+/// connection: `conn.transaction(body)`, plus the panic guard: a panic in
+/// `body` rolls the level back, restores the depth and is resumed. With
+/// `durable`, returns [`Error::AlreadyInTransaction`] without running
+/// `body` when a user transaction is open (a test transaction does not
+/// count).
+#[doc(hidden)]
+pub fn atomic<C, T, E, F>(conn: &mut C, durable: bool, body: F) -> Result<T, E>
+where
+    C: Connection,
+    F: FnOnce(&mut C) -> Result<T, E>,
+    E: From<Error>,
+{
+    if durable && user_depth(conn).is_some_and(|d| d > 0) {
+        return Err(Error::AlreadyInTransaction.into());
+    }
+    let before = depth(conn).ok_or(Error::BrokenTransactionManager)?;
+    C::TransactionManager::begin_transaction(conn)?;
+    match panic::catch_unwind(AssertUnwindSafe(|| body(&mut *conn))) {
+        Ok(Ok(value)) => match C::TransactionManager::commit_transaction(conn) {
+            Ok(()) => Ok(value),
+            Err(commit_error) => {
+                let _ = roll_back_to(conn, before);
+                Err(commit_error.into())
+            }
+        },
+        Ok(Err(user_error)) => match roll_back_to(conn, before) {
+            Ok(()) | Err(Error::BrokenTransactionManager) => Err(user_error),
+            Err(rollback_error) => Err(rollback_error.into()),
+        },
+        Err(payload) => {
+            // A panic of an on_rollback hook must not replace the body's.
+            let cleanup = panic::catch_unwind(AssertUnwindSafe(|| roll_back_to(conn, before)));
+            match cleanup {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!("rollback after a panic in an #[atomic] body failed: {e}")
+                }
+                Err(_) => tracing::error!(
+                    "an on_rollback hook panicked while rolling back after a panic in an #[atomic] body"
+                ),
+            }
+            panic::resume_unwind(payload)
+        }
+    }
+}
+
+/// The return type of an `#[atomic]` function: `Result<T, E>` with
+/// `E: From<diesel::result::Error>`.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`#[atomic]` functions must return `Result<T, E>` with `E: From<diesel::result::Error>`, not `{Self}`",
+    label = "this return type cannot carry a Diesel error",
+    note = "return `diesel::QueryResult<T>`, or a `Result<T, E>` whose error type implements `From<diesel::result::Error>`"
+)]
+pub trait AtomicReturn {
+    /// The `T` of `Result<T, E>`.
+    type Ok;
+    /// The `E` of `Result<T, E>`.
+    type Err: From<Error>;
+}
+
+impl<T, E: From<Error>> AtomicReturn for Result<T, E> {
+    type Ok = T;
+    type Err = E;
+}
