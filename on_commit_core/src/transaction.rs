@@ -139,7 +139,17 @@ impl<C: Connection> HookState<C> {
             if is_lost_connection(*kind, info.message()) {
                 self.lost = true;
             }
-            if self.levels > 0 && self.abort_cause.is_none() {
+            // Keep the first error, unless a later one is the serialization
+            // failure or deadlock that made the database abort (MySQL only
+            // aborts for those; PostgreSQL for the first error already).
+            let replace = match &self.abort_cause {
+                None => true,
+                Some(cause) => {
+                    *kind == DatabaseErrorKind::SerializationFailure
+                        && cause.kind != DatabaseErrorKind::SerializationFailure
+                }
+            };
+            if self.levels > 0 && replace {
                 self.abort_cause = Some(AbortCause {
                     level: self.levels,
                     kind: *kind,
@@ -368,6 +378,9 @@ impl<C: Connection> TransactionManager<HookedConnection<C>> for HookedTransactio
         conn.state.levels += 1;
         if conn.state.levels == 1 {
             conn.state.abort_cause = None;
+            // BEGIN went through: whatever error looked like a lost
+            // connection, this one answers.
+            conn.state.lost = false;
         }
         Ok(())
     }
