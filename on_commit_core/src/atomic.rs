@@ -49,8 +49,21 @@ fn roll_back_to<C: Connection>(conn: &mut C, target: u32) -> Result<(), Error> {
 /// `durable`, returns [`Error::AlreadyInTransaction`] without running
 /// `body` when a user transaction is open (a test transaction does not
 /// count).
+///
+/// `R` is the `#[atomic]` function's return type, spelled out on the
+/// closure; the `R: AtomicReturn` bound is where a wrong return type is
+/// reported, in the user's terms.
 #[doc(hidden)]
-pub fn atomic<C, T, E, F>(conn: &mut C, durable: bool, body: F) -> Result<T, E>
+pub fn atomic<C, R, F>(conn: &mut C, durable: bool, body: F) -> R
+where
+    C: Connection,
+    F: FnOnce(&mut C) -> R,
+    R: AtomicReturn,
+{
+    R::__from_result(run(conn, durable, |conn| body(conn).__into_result()))
+}
+
+fn run<C, T, E, F>(conn: &mut C, durable: bool, body: F) -> Result<T, E>
 where
     C: Connection,
     F: FnOnce(&mut C) -> Result<T, E>,
@@ -98,14 +111,26 @@ where
     label = "this return type cannot carry a Diesel error",
     note = "return `diesel::QueryResult<T>`, or a `Result<T, E>` whose error type implements `From<diesel::result::Error>`"
 )]
-pub trait AtomicReturn {
+pub trait AtomicReturn: Sized {
     /// The `T` of `Result<T, E>`.
     type Ok;
     /// The `E` of `Result<T, E>`.
     type Err: From<Error>;
+    /// `self` as the `Result` it is.
+    fn __into_result(self) -> Result<Self::Ok, Self::Err>;
+    /// Back from the `Result`.
+    fn __from_result(result: Result<Self::Ok, Self::Err>) -> Self;
 }
 
 impl<T, E: From<Error>> AtomicReturn for Result<T, E> {
     type Ok = T;
     type Err = E;
+    #[inline]
+    fn __into_result(self) -> Self {
+        self
+    }
+    #[inline]
+    fn __from_result(result: Self) -> Self {
+        result
+    }
 }

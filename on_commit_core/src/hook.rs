@@ -94,6 +94,19 @@ impl<T, E: fmt::Display> HookResult for Result<T, E> {
 /// Outside a transaction (`d == 0`), what registering an `on_commit`-kind
 /// hook does (SPEC rule 2). Set with
 /// [`HookedConnection::set_outside_transaction`].
+///
+/// ```
+/// use diesel::prelude::*;
+/// use diesel_on_commit::{HookedConnection, OutsideTransaction};
+///
+/// let mut conn = HookedConnection::new(SqliteConnection::establish(":memory:")?);
+/// conn.set_outside_transaction(OutsideTransaction::Panic);
+/// let outside = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+///     conn.on_commit(|| println!("registered where no transaction is open"));
+/// }));
+/// assert!(outside.is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OutsideTransaction {
     /// Run the hook at once, before the registering call returns (Django's
@@ -113,6 +126,20 @@ pub enum OutsideTransaction {
 ///
 /// Either way the hooks after the panicking one still run and the panic is
 /// logged at ERROR with the hook's label.
+///
+/// ```
+/// use diesel::prelude::*;
+/// use diesel_on_commit::{HookPanics, HookedConnection};
+///
+/// let mut conn = HookedConnection::new(SqliteConnection::establish(":memory:")?);
+/// conn.set_hook_panics(HookPanics::Log);
+/// let committed = conn.transaction::<_, diesel::result::Error, _>(|conn| {
+///     conn.on_commit(|| -> () { panic!("bug in a hook") });
+///     Ok("order placed")
+/// });
+/// assert_eq!(committed?, "order placed"); // logged, not resumed
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum HookPanics {
     /// Once the remaining hooks ran, resume the first panic (out of

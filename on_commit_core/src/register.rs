@@ -17,6 +17,22 @@ use crate::transaction::Sync;
 /// Macros call it by its full path, never by method syntax: Diesel's next
 /// release adds `SqliteConnection::on_commit`/`on_rollback`, SQLite's own
 /// connection-wide commit hooks, which are not these.
+///
+/// ```
+/// use diesel::prelude::*;
+/// use diesel_on_commit::{HookedConnection, TransactionHooks};
+///
+/// fn schedule_reindex<C: TransactionHooks>(conn: &mut C, id: i32) {
+///     conn.on_commit(move || println!("reindex product {id}"));
+/// }
+///
+/// let mut conn = HookedConnection::new(SqliteConnection::establish(":memory:")?);
+/// conn.transaction::<_, diesel::result::Error, _>(|conn| {
+///     schedule_reindex(conn, 7);
+///     Ok(())
+/// })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot register transaction hooks: it is not a `HookedConnection`",
     label = "a plain Diesel connection or a pool guard",
@@ -97,6 +113,32 @@ impl<C: Connection> HookedConnection<C> {
     ///
     /// A closure that only panics must name its return type:
     /// `|| -> () { panic!("..") }` (Rust cannot infer one).
+    ///
+    /// ```
+    /// use diesel::prelude::*;
+    /// use diesel::result::Error;
+    /// use diesel_on_commit::HookedConnection;
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// let mut conn = HookedConnection::new(SqliteConnection::establish(":memory:")?);
+    /// let log = Arc::new(Mutex::new(Vec::new()));
+    /// let (a, b, c) = (log.clone(), log.clone(), log.clone());
+    /// conn.transaction::<_, Error, _>(|conn| {
+    ///     conn.on_commit(move || a.lock().unwrap().push("outer"));
+    ///     // A savepoint that rolls back takes its hooks with it ...
+    ///     let _ = conn.transaction::<(), _, _>(|conn| {
+    ///         conn.on_commit(move || b.lock().unwrap().push("rolled back"));
+    ///         Err(Error::RollbackTransaction)
+    ///     });
+    ///     // ... one that is released hands them to the enclosing level.
+    ///     conn.transaction::<_, Error, _>(|conn| {
+    ///         conn.on_commit(move || c.lock().unwrap().push("inner"));
+    ///         Ok(())
+    ///     })
+    /// })?;
+    /// assert_eq!(*log.lock().unwrap(), ["outer", "inner"]); // registration order
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[track_caller]
     pub fn on_commit<F, R>(&mut self, f: F)
     where
@@ -122,6 +164,23 @@ impl<C: Connection> HookedConnection<C> {
     /// As [`on_commit`](Self::on_commit), and `f` receives the connection,
     /// at `d == 0`: a hook it registers runs at once (depth first, as in
     /// Django), and a transaction it opens is a fresh one with its own hooks.
+    ///
+    /// ```
+    /// use diesel::prelude::*;
+    /// use diesel::result::Error;
+    /// use diesel_on_commit::HookedConnection;
+    ///
+    /// let mut conn = HookedConnection::new(SqliteConnection::establish(":memory:")?);
+    /// diesel::sql_query("CREATE TABLE audit (what TEXT)").execute(&mut conn)?;
+    /// conn.transaction::<_, Error, _>(|conn| {
+    ///     conn.on_commit_with(|conn: &mut HookedConnection<SqliteConnection>| {
+    ///         assert!(!conn.in_transaction()); // after COMMIT, at depth 0
+    ///         diesel::sql_query("INSERT INTO audit VALUES ('order placed')").execute(conn)
+    ///     });
+    ///     Ok(())
+    /// })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[track_caller]
     pub fn on_commit_with<F, R>(&mut self, f: F)
     where
@@ -142,6 +201,23 @@ impl<C: Connection> HookedConnection<C> {
     /// After a COMMIT whose outcome is unknown (the connection died before
     /// the answer), `on_rollback` hooks run although the work may in fact
     /// have committed.
+    ///
+    /// ```
+    /// use diesel::prelude::*;
+    /// use diesel::result::Error;
+    /// use diesel_on_commit::HookedConnection;
+    /// use std::sync::mpsc;
+    ///
+    /// let mut conn = HookedConnection::new(SqliteConnection::establish(":memory:")?);
+    /// let (tx, rx) = mpsc::channel();
+    /// let result = conn.transaction::<(), _, _>(|conn| {
+    ///     conn.on_rollback(move || tx.send("release the reserved stock"));
+    ///     Err(Error::RollbackTransaction)
+    /// });
+    /// assert!(result.is_err());
+    /// assert_eq!(rx.try_recv(), Ok("release the reserved stock"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[track_caller]
     pub fn on_rollback<F, R>(&mut self, f: F)
     where
@@ -162,6 +238,21 @@ impl<C: Connection> HookedConnection<C> {
     ///
     /// Outside a transaction, under every policy: autocommit already
     /// committed, there is nothing to veto.
+    ///
+    /// ```
+    /// use diesel::prelude::*;
+    /// use diesel::result::Error;
+    /// use diesel_on_commit::HookedConnection;
+    ///
+    /// let mut conn = HookedConnection::new(SqliteConnection::establish(":memory:")?);
+    /// // A last check inside the transaction: an Err vetoes the COMMIT.
+    /// let result = conn.transaction::<(), Error, _>(|conn| {
+    ///     conn.before_commit(|_conn| Err(Error::NotFound));
+    ///     Ok(())
+    /// });
+    /// assert!(matches!(result, Err(Error::NotFound)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[track_caller]
     pub fn before_commit<F>(&mut self, f: F)
     where
