@@ -14,6 +14,7 @@
 //! | `hook.rs` | hook kinds, labels, return types, panic isolation (6) |
 //! | `register.rs` | registration and the outside-a-transaction policy (1, 2) |
 //! | `testing.rs` | test transactions and capture (11, 12) |
+//! | `builder.rs`, `retry.rs` | isolation levels and modes; retrying serialization failures |
 //! | `atomic.rs` | what `#[atomic]` calls: the guard for any connection (7) |
 //! | `connection.rs` (`Drop`) | dropping a wrapper mid-transaction (10) |
 #![forbid(unsafe_code)]
@@ -21,23 +22,34 @@
 #![warn(missing_debug_implementations)]
 
 mod atomic;
+mod builder;
 mod connection;
 mod hook;
 mod queue;
 mod register;
+mod retry;
 mod testing;
 mod transaction;
 
 pub use crate::connection::HookedConnection;
 pub use crate::hook::{HookLabel, HookPanics, HookResult, OutsideTransaction};
+pub use crate::builder::{BeginStatement, IsolationLevel, NoRetry, TransactionBuilder};
+#[cfg(feature = "mysql")]
+pub use crate::builder::MysqlTransactionOptions;
+#[cfg(feature = "postgres")]
+pub use crate::builder::PgTransactionOptions;
+#[cfg(feature = "sqlite")]
+pub use crate::builder::SqliteTransactionMode;
 pub use crate::register::TransactionHooks;
+pub use crate::retry::{is_retryable, RetryPolicy, Retryable};
 pub use crate::testing::{Capture, CapturedHooks};
 pub use crate::transaction::HookedTransactionManager;
 
 /// The names most code needs: `use diesel_on_commit::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        Capture, CapturedHooks, HookPanics, HookedConnection, OutsideTransaction, TransactionHooks,
+        Capture, CapturedHooks, HookPanics, HookedConnection, OutsideTransaction, RetryPolicy,
+        TransactionHooks,
     };
 }
 

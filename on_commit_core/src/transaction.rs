@@ -302,6 +302,62 @@ impl<C: Connection> HookedConnection<C> {
 }
 
 impl<C: Connection> HookedTransactionManager<C> {
+    /// `transaction()` with the first step given: `begin` opens the level
+    /// (plain BEGIN/SAVEPOINT, or a `BEGIN` with options from a builder).
+    /// On `Ok` the level is committed; on `Err`, a failed COMMIT or RELEASE
+    /// that left it open, or a panic, it is rolled back (rules 4, 5, 7).
+    pub(crate) fn run<F, R, E>(
+        conn: &mut HookedConnection<C>,
+        begin: impl FnOnce(&mut HookedConnection<C>) -> QueryResult<()>,
+        callback: F,
+    ) -> Result<R, E>
+    where
+        F: FnOnce(&mut HookedConnection<C>) -> Result<R, E>,
+        E: From<Error>,
+    {
+        begin(conn)?;
+        let level = conn.state.levels;
+        match panic::catch_unwind(AssertUnwindSafe(|| callback(&mut *conn))) {
+            Ok(Ok(value)) => match Self::commit_transaction(conn) {
+                Ok(()) => Ok(value),
+                Err(commit_error) => {
+                    let _ = Self::roll_back_level(conn, level);
+                    Err(commit_error.into())
+                }
+            },
+            Ok(Err(user_error)) => match Self::roll_back_level(conn, level) {
+                Ok(()) | Err(Error::BrokenTransactionManager) => Err(user_error),
+                Err(rollback_error) => Err(rollback_error.into()),
+            },
+            Err(payload) => {
+                conn.state.unwinding += 1;
+                if let Err(e) = Self::roll_back_level(conn, level) {
+                    tracing::error!("rollback after a panic in the transaction body failed: {e}");
+                }
+                conn.state.unwinding -= 1;
+                panic::resume_unwind(payload)
+            }
+        }
+    }
+
+    /// Opens a level with `begin_inner` run on the inner connection; the
+    /// wrapper's level count follows only if it succeeded.
+    pub(crate) fn begin_with(
+        conn: &mut HookedConnection<C>,
+        begin_inner: impl FnOnce(&mut C) -> QueryResult<()>,
+    ) -> QueryResult<()> {
+        conn.sync();
+        begin_inner(&mut conn.inner)?;
+        conn.state.levels += 1;
+        if conn.state.levels == 1 {
+            conn.state.abort_cause = None;
+            // BEGIN went through: whatever error looked like a lost
+            // connection, this one answers.
+            conn.state.lost = false;
+        }
+        Ok(())
+    }
+
     /// Rule 5.1–5.2: `before_commit` hooks of level 1 run in order, inside
     /// the transaction; ones they register run too. On an `Err` or a panic
     /// the transaction is rolled back and the error returned (panic resumed).
@@ -373,16 +429,7 @@ impl<C: Connection> TransactionManager<HookedConnection<C>> for HookedTransactio
     /// the wrapper opens level `d + 1`, which holds no hook yet (and costs
     /// no allocation).
     fn begin_transaction(conn: &mut HookedConnection<C>) -> QueryResult<()> {
-        conn.sync();
-        Inner::<C>::begin_transaction(&mut conn.inner)?;
-        conn.state.levels += 1;
-        if conn.state.levels == 1 {
-            conn.state.abort_cause = None;
-            // BEGIN went through: whatever error looked like a lost
-            // connection, this one answers.
-            conn.state.lost = false;
-        }
-        Ok(())
+        Self::begin_with(conn, Inner::<C>::begin_transaction)
     }
 
     /// Rolls back the innermost level. Its hooks and those of every level
@@ -475,29 +522,7 @@ impl<C: Connection> TransactionManager<HookedConnection<C>> for HookedTransactio
         F: FnOnce(&mut HookedConnection<C>) -> Result<R, E>,
         E: From<Error>,
     {
-        Self::begin_transaction(conn)?;
-        let level = conn.state.levels;
-        match panic::catch_unwind(AssertUnwindSafe(|| callback(&mut *conn))) {
-            Ok(Ok(value)) => match Self::commit_transaction(conn) {
-                Ok(()) => Ok(value),
-                Err(commit_error) => {
-                    let _ = Self::roll_back_level(conn, level);
-                    Err(commit_error.into())
-                }
-            },
-            Ok(Err(user_error)) => match Self::roll_back_level(conn, level) {
-                Ok(()) | Err(Error::BrokenTransactionManager) => Err(user_error),
-                Err(rollback_error) => Err(rollback_error.into()),
-            },
-            Err(payload) => {
-                conn.state.unwinding += 1;
-                if let Err(e) = Self::roll_back_level(conn, level) {
-                    tracing::error!("rollback after a panic in the transaction body failed: {e}");
-                }
-                conn.state.unwinding -= 1;
-                panic::resume_unwind(payload)
-            }
-        }
+        Self::run(conn, Self::begin_transaction, callback)
     }
 
     fn is_broken_transaction_manager(conn: &mut HookedConnection<C>) -> bool {

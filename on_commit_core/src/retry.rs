@@ -1,0 +1,212 @@
+//! Retrying a whole transaction after a serialization failure or a deadlock,
+//! with the hooks of every failed attempt dropped (its `on_rollback` hooks
+//! run) and only the attempt that commits firing.
+//!
+//! Only an outermost transaction retries. Inside an open user transaction
+//! the call runs once and returns the error unchanged: a serialization
+//! failure aborts the whole transaction (PostgreSQL) or rolls it back
+//! (InnoDB deadlocks), so retrying a savepoint cannot fix it; the caller
+//! that opened the outermost transaction must retry.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::time::{Duration, Instant};
+
+use diesel::connection::Connection;
+use diesel::result::{DatabaseErrorKind, Error};
+
+use crate::HookedConnection;
+
+/// How often and how patiently a transaction is retried.
+///
+/// ```
+/// use diesel_on_commit::RetryPolicy;
+/// use std::time::Duration;
+///
+/// let policy = RetryPolicy::attempts(5)
+///     .backoff(Duration::from_millis(5), Duration::from_millis(200))
+///     .deadline(Duration::from_secs(2));
+/// assert_eq!(policy.max_attempts(), 5);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    attempts: u32,
+    base: Duration,
+    max: Duration,
+    deadline: Option<Duration>,
+}
+
+impl Default for RetryPolicy {
+    /// Three attempts, backoff from 10 ms doubling up to 500 ms with full
+    /// jitter, no deadline.
+    fn default() -> Self {
+        Self::attempts(3)
+    }
+}
+
+impl RetryPolicy {
+    /// At most `attempts` runs of the transaction in all (at least one).
+    pub fn attempts(attempts: u32) -> Self {
+        Self {
+            attempts: attempts.max(1),
+            base: Duration::from_millis(10),
+            max: Duration::from_millis(500),
+            deadline: None,
+        }
+    }
+
+    /// Exponential backoff between attempts: `base * 2^(n-1)` capped at
+    /// `max`, with full jitter (a uniformly random wait up to that bound).
+    pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.base = base;
+        self.max = max.max(base);
+        self
+    }
+
+    /// No attempt starts later than `deadline` after the first one did.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// The maximum number of attempts.
+    pub fn max_attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// The wait before attempt `attempt + 1` (attempt counts from 1).
+    fn delay(&self, attempt: u32) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(1u32 << (attempt - 1).min(16))
+            .min(self.max);
+        let nanos = u64::try_from(exp.as_nanos()).unwrap_or(u64::MAX);
+        if nanos == 0 {
+            return Duration::ZERO;
+        }
+        // Randomness from std: every RandomState has fresh random keys.
+        let random = RandomState::new().build_hasher().finish();
+        Duration::from_nanos(random % (nanos + 1))
+    }
+}
+
+/// An error type a retried transaction can return: it exposes the Diesel
+/// error inside it, if any, so the retry loop can tell a serialization
+/// failure or deadlock from everything else.
+///
+/// Implemented for [`diesel::result::Error`]; implement it for your own
+/// error type (`fn diesel_error(&self) -> Option<&Error> { match self { AppError::Db(e) => Some(e), _ => None } }`).
+pub trait Retryable {
+    /// The Diesel error this error carries, if any.
+    fn diesel_error(&self) -> Option<&Error>;
+}
+
+impl Retryable for Error {
+    fn diesel_error(&self) -> Option<&Error> {
+        Some(self)
+    }
+}
+
+/// Whether `error` is worth retrying the whole transaction for:
+/// serialization failures and deadlocks on PostgreSQL (SQLSTATE 40001,
+/// 40P01) and MySQL (1213, 1205), `SQLITE_BUSY`/locked on SQLite; nothing
+/// else.
+pub fn is_retryable(error: &Error) -> bool {
+    match error {
+        Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => true,
+        Error::DatabaseError(_, info) => {
+            // Diesel maps these codes to `Unknown`; their messages are fixed
+            // by the servers.
+            let m = info.message();
+            m.contains("deadlock detected") // PostgreSQL 40P01
+                || m.contains("Deadlock found") // MySQL 1213
+                || m.contains("Lock wait timeout exceeded") // MySQL 1205
+                || m.contains("database is locked") // SQLITE_BUSY
+                || m.contains("database table is locked") // SQLITE_LOCKED
+        }
+        _ => false,
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails with an error that is not
+/// retryable, or the policy is exhausted. Inside an open user transaction it
+/// runs once.
+pub(crate) fn with_retry<C, T, E, F>(
+    conn: &mut HookedConnection<C>,
+    policy: &RetryPolicy,
+    mut attempt: F,
+) -> Result<T, E>
+where
+    C: Connection,
+    F: FnMut(&mut HookedConnection<C>) -> Result<T, E>,
+    E: Retryable + std::fmt::Display,
+{
+    if conn.in_transaction() {
+        return attempt(conn);
+    }
+    let started = Instant::now();
+    let mut n = 1;
+    loop {
+        let error = match attempt(conn) {
+            Ok(value) => return Ok(value),
+            Err(error) => error,
+        };
+        let retryable = error.diesel_error().is_some_and(is_retryable);
+        let out_of_time = policy
+            .deadline
+            .is_some_and(|deadline| started.elapsed() >= deadline);
+        if !retryable || n >= policy.attempts || out_of_time {
+            if retryable {
+                tracing::warn!(attempt = n, "transaction failed again, not retrying: {error}");
+            }
+            return Err(error);
+        }
+        let wait = policy.delay(n);
+        let wait = match policy.deadline {
+            Some(deadline) => wait.min(deadline.saturating_sub(started.elapsed())),
+            None => wait,
+        };
+        tracing::info!(
+            attempt = n,
+            next_in_ms = wait.as_millis() as u64,
+            "transaction failed with a retryable error, retrying: {error}"
+        );
+        std::thread::sleep(wait);
+        n += 1;
+    }
+}
+
+impl<C: Connection> HookedConnection<C> {
+    /// Runs `f` in a transaction, retrying the whole transaction after a
+    /// serialization failure or deadlock (see [`is_retryable`]), as the
+    /// [`RetryPolicy`] allows. Each failed attempt is rolled back: its
+    /// `on_commit` hooks are dropped and its `on_rollback` hooks run; only
+    /// the attempt that commits fires its hooks. A `tracing` event per retry
+    /// names the attempt and the error.
+    ///
+    /// Inside an open user transaction `f` runs once, as a savepoint, and
+    /// the error is returned unchanged: retrying a savepoint cannot fix a
+    /// serialization failure, the outermost transaction must be retried.
+    ///
+    /// ```
+    /// use diesel::prelude::*;
+    /// use diesel_on_commit::{HookedConnection, RetryPolicy};
+    ///
+    /// let mut conn = HookedConnection::new(SqliteConnection::establish(":memory:")?);
+    /// let mut attempts = 0;
+    /// let value = conn.transaction_with_retry(&RetryPolicy::attempts(3), |conn| {
+    ///     attempts += 1;
+    ///     conn.on_commit(move || println!("fired once, for the attempt that committed"));
+    ///     Ok::<_, diesel::result::Error>(attempts)
+    /// })?;
+    /// assert_eq!(value, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn transaction_with_retry<T, E, F>(&mut self, policy: &RetryPolicy, mut f: F) -> Result<T, E>
+    where
+        F: FnMut(&mut Self) -> Result<T, E>,
+        E: From<Error> + Retryable + std::fmt::Display,
+    {
+        with_retry(self, policy, |conn| conn.transaction(&mut f))
+    }
+}
