@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use common::{sqlite, Log};
+use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error};
 use diesel_on_commit::prelude::*;
@@ -247,4 +248,287 @@ fn sqlite_busy_is_retried_on_two_connections_to_one_file() {
         attempts.load(Ordering::SeqCst)
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The write-skew pair: two doctors on call, both try to go off call under
+/// SERIALIZABLE, each only if someone else stays on call.
+#[cfg(feature = "postgres")]
+mod postgres {
+    use super::*;
+    use common::pg;
+    use std::sync::Barrier;
+
+    fn doctors_table() -> String {
+        let table = common::unique("doctors");
+        let mut conn = pg();
+        conn.batch_execute(&format!(
+            "CREATE TABLE {table} (id INTEGER PRIMARY KEY, on_call BOOLEAN NOT NULL);
+             INSERT INTO {table} VALUES (1, TRUE), (2, TRUE);"
+        ))
+        .unwrap();
+        table
+    }
+
+    fn drop_table(table: &str) {
+        pg().batch_execute(&format!("DROP TABLE IF EXISTS {table}")).unwrap();
+    }
+
+    /// One doctor's transaction; the barrier makes both read before either
+    /// writes (first attempt only).
+    fn go_off_call(
+        conn: &mut HookedConnection<PgConnection>,
+        table: &str,
+        id: i32,
+        barrier: &Barrier,
+        attempt: &AtomicU32,
+        log: &Log,
+    ) -> Result<bool, Error> {
+        let n = attempt.fetch_add(1, Ordering::SeqCst) + 1;
+        let on_call: i64 = diesel::dsl::sql::<diesel::sql_types::BigInt>(&format!(
+            "SELECT COUNT(*) FROM {table} WHERE on_call"
+        ))
+        .get_result(conn)?;
+        if n == 1 {
+            barrier.wait();
+        }
+        if on_call < 2 {
+            return Ok(false);
+        }
+        diesel::sql_query(format!("UPDATE {table} SET on_call = FALSE WHERE id = {id}"))
+            .execute(conn)?;
+        let l = log.clone();
+        conn.on_commit(move || l.push(format!("doctor {id} off call (attempt {n})")));
+        let l = log.clone();
+        conn.on_rollback(move || l.push(format!("doctor {id} rolled back (attempt {n})")));
+        Ok(true)
+    }
+
+    fn run_pair(retry: bool) -> (Vec<Result<bool, Error>>, Vec<String>, i64, [u32; 2]) {
+        let table = doctors_table();
+        let barrier = Arc::new(Barrier::new(2));
+        let log = Log::new();
+        let attempts = [Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0))];
+        let handles: Vec<_> = (1..=2)
+            .map(|id| {
+                let (table, barrier, log) = (table.clone(), barrier.clone(), log.clone());
+                let attempt = attempts[id as usize - 1].clone();
+                std::thread::spawn(move || {
+                    let mut conn = pg();
+                    let builder = conn.build_transaction().serializable();
+                    if retry {
+                        builder.retry(fast(10)).run(|conn| {
+                            go_off_call(conn, &table, id, &barrier, &attempt, &log)
+                        })
+                    } else {
+                        builder.run(|conn| go_off_call(conn, &table, id, &barrier, &attempt, &log))
+                    }
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let on_call: i64 = diesel::dsl::sql::<diesel::sql_types::BigInt>(&format!(
+            "SELECT COUNT(*) FROM {table} WHERE on_call"
+        ))
+        .get_result(&mut pg())
+        .unwrap();
+        drop_table(&table);
+        let a = [attempts[0].load(Ordering::SeqCst), attempts[1].load(Ordering::SeqCst)];
+        (results, log.get(), on_call, a)
+    }
+
+    #[test]
+    fn write_skew_without_retry_fails_one_side_and_its_hooks_never_fire() {
+        let (results, log, on_call, attempts) = run_pair(false);
+        let failures: Vec<_> = results.iter().filter(|r| r.is_err()).collect();
+        assert_eq!(failures.len(), 1, "{results:?}");
+        assert!(
+            matches!(
+                failures[0],
+                Err(Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _))
+            ),
+            "{results:?}"
+        );
+        assert_eq!(on_call, 1, "the invariant holds");
+        let fired: Vec<_> = log.iter().filter(|l| l.contains("off call")).collect();
+        assert_eq!(fired.len(), 1, "only the committed side fired: {log:?}");
+        assert_eq!(log.iter().filter(|l| l.contains("rolled back")).count(), 1, "{log:?}");
+        assert_eq!(attempts, [1, 1]);
+    }
+
+    #[test]
+    fn write_skew_with_retry_keeps_the_invariant_and_fires_once_per_commit() {
+        let (results, log, on_call, attempts) = run_pair(true);
+        assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+        let went_off: Vec<_> = results.iter().filter(|r| matches!(r, Ok(true))).collect();
+        assert_eq!(went_off.len(), 1, "one doctor went off call: {results:?}");
+        assert_eq!(on_call, 1, "the invariant holds");
+        let fired: Vec<_> = log.iter().filter(|l| l.contains("off call")).collect();
+        assert_eq!(fired.len(), 1, "hooks fired once per committed change: {log:?}");
+        assert_eq!(attempts.iter().sum::<u32>(), 3, "one side retried once: {attempts:?}");
+        println!("write skew with retry: attempts per doctor {attempts:?}, log {log:?}");
+    }
+
+    #[test]
+    fn read_only_transactions_reject_writes() {
+        let table = doctors_table();
+        let mut conn = pg();
+        let log = Log::new();
+        let r = conn.build_transaction().read_only().run(|conn| -> R {
+            conn.on_rollback(log.hook("rolled back"));
+            diesel::sql_query(format!("UPDATE {table} SET on_call = FALSE")).execute(conn)?;
+            conn.on_commit(log.hook("never"));
+            Ok(())
+        });
+        assert!(
+            matches!(r, Err(Error::DatabaseError(DatabaseErrorKind::ReadOnlyTransaction, _))),
+            "{r:?}"
+        );
+        assert_eq!(log.get(), ["rolled back"]);
+        // Reads work, and options combine.
+        let n: i64 = conn
+            .build_transaction()
+            .serializable()
+            .read_only()
+            .deferrable()
+            .run(|conn| {
+                diesel::dsl::sql::<diesel::sql_types::BigInt>(&format!("SELECT COUNT(*) FROM {table}"))
+                    .get_result(conn)
+            })
+            .unwrap();
+        assert_eq!(n, 2);
+        drop_table(&table);
+    }
+
+    #[test]
+    fn a_deadlock_from_two_threads_is_retried() {
+        let table = doctors_table();
+        let barrier = Arc::new(Barrier::new(2));
+        let log = Log::new();
+        let total = Arc::new(AtomicU32::new(0));
+        let handles: Vec<_> = [(1, 2), (2, 1)]
+            .into_iter()
+            .map(|(first, second)| {
+                let (table, barrier, log, total) =
+                    (table.clone(), barrier.clone(), log.clone(), total.clone());
+                std::thread::spawn(move || {
+                    let mut conn = pg();
+                    let mut n = 0;
+                    conn.transaction_with_retry(&fast(10), |conn| -> R {
+                        n += 1;
+                        total.fetch_add(1, Ordering::SeqCst);
+                        diesel::sql_query(format!(
+                            "UPDATE {table} SET on_call = NOT on_call WHERE id = {first}"
+                        ))
+                        .execute(conn)?;
+                        if n == 1 {
+                            barrier.wait();
+                        }
+                        diesel::sql_query(format!(
+                            "UPDATE {table} SET on_call = NOT on_call WHERE id = {second}"
+                        ))
+                        .execute(conn)?;
+                        let l = log.clone();
+                        conn.on_commit(move || l.push(format!("{first}->{second} committed")));
+                        Ok(())
+                    })
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap().unwrap();
+        }
+        let mut fired = log.get();
+        fired.sort();
+        assert_eq!(fired, ["1->2 committed", "2->1 committed"]);
+        let attempts = total.load(Ordering::SeqCst);
+        assert!(attempts >= 3, "PostgreSQL broke the deadlock, one side retried: {attempts}");
+        println!("deadlock: {attempts} attempts for 2 commits");
+        drop_table(&table);
+    }
+}
+
+#[cfg(feature = "mysql")]
+mod mysql {
+    use super::*;
+    use common::mysql;
+    use std::sync::Barrier;
+
+    #[test]
+    fn a_deadlock_from_two_threads_is_retried() {
+        let table = common::unique("accounts");
+        mysql()
+            .batch_execute(&format!(
+                "CREATE TABLE {table} (id INTEGER PRIMARY KEY, balance INTEGER NOT NULL) ENGINE=InnoDB;
+                 INSERT INTO {table} VALUES (1, 100), (2, 100);"
+            ))
+            .unwrap();
+        let barrier = Arc::new(Barrier::new(2));
+        let log = Log::new();
+        let total = Arc::new(AtomicU32::new(0));
+        let handles: Vec<_> = [(1, 2), (2, 1)]
+            .into_iter()
+            .map(|(first, second)| {
+                let (table, barrier, log, total) =
+                    (table.clone(), barrier.clone(), log.clone(), total.clone());
+                std::thread::spawn(move || {
+                    let mut conn = mysql();
+                    let mut n = 0;
+                    conn.transaction_with_retry(&fast(10), |conn| -> R {
+                        n += 1;
+                        total.fetch_add(1, Ordering::SeqCst);
+                        diesel::sql_query(format!(
+                            "UPDATE {table} SET balance = balance - 1 WHERE id = {first}"
+                        ))
+                        .execute(conn)?;
+                        if n == 1 {
+                            barrier.wait();
+                        }
+                        diesel::sql_query(format!(
+                            "UPDATE {table} SET balance = balance + 1 WHERE id = {second}"
+                        ))
+                        .execute(conn)?;
+                        let l = log.clone();
+                        conn.on_commit(move || l.push(format!("{first}->{second} committed")));
+                        Ok(())
+                    })
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap().unwrap();
+        }
+        let mut fired = log.get();
+        fired.sort();
+        assert_eq!(fired, ["1->2 committed", "2->1 committed"]);
+        let attempts = total.load(Ordering::SeqCst);
+        assert!(attempts >= 3, "InnoDB broke the deadlock, one side retried: {attempts}");
+        println!("MySQL deadlock: {attempts} attempts for 2 commits");
+        mysql().batch_execute(&format!("DROP TABLE {table}")).unwrap();
+    }
+
+    #[test]
+    fn mysql_options_render_and_run() {
+        let mut conn = mysql();
+        let log = Log::new();
+        conn.build_transaction()
+            .serializable()
+            .read_only()
+            .with_consistent_snapshot()
+            .run(|conn| -> R {
+                diesel::sql_query("SELECT 1").execute(conn)?;
+                conn.on_commit(log.hook("mysql read-only committed"));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(log.get(), ["mysql read-only committed"]);
+        let table = common::unique("ro");
+        conn.batch_execute(&format!("CREATE TABLE {table} (id INTEGER PRIMARY KEY)"))
+            .unwrap();
+        let r = conn.build_transaction().read_only().run(|conn| -> R {
+            diesel::sql_query(format!("INSERT INTO {table} VALUES (1)")).execute(conn)?;
+            Ok(())
+        });
+        assert!(r.is_err(), "read-only rejects writes");
+        conn.batch_execute(&format!("DROP TABLE {table}")).unwrap();
+    }
 }
