@@ -284,6 +284,9 @@ mod postgres {
         log: &Log,
     ) -> Result<bool, Error> {
         let n = attempt.fetch_add(1, Ordering::SeqCst) + 1;
+        // Registered first: the conflict may surface at the UPDATE or at COMMIT.
+        let l = log.clone();
+        conn.on_rollback(move || l.push(format!("doctor {id} rolled back (attempt {n})")));
         let on_call: i64 = diesel::dsl::sql::<diesel::sql_types::BigInt>(&format!(
             "SELECT COUNT(*) FROM {table} WHERE on_call"
         ))
@@ -298,8 +301,6 @@ mod postgres {
             .execute(conn)?;
         let l = log.clone();
         conn.on_commit(move || l.push(format!("doctor {id} off call (attempt {n})")));
-        let l = log.clone();
-        conn.on_rollback(move || l.push(format!("doctor {id} rolled back (attempt {n})")));
         Ok(true)
     }
 
@@ -364,7 +365,10 @@ mod postgres {
         assert_eq!(on_call, 1, "the invariant holds");
         let fired: Vec<_> = log.iter().filter(|l| l.contains("off call")).collect();
         assert_eq!(fired.len(), 1, "hooks fired once per committed change: {log:?}");
-        assert_eq!(attempts.iter().sum::<u32>(), 3, "one side retried once: {attempts:?}");
+        // One side retried; how often depends on when the other committed.
+        assert!(attempts.iter().sum::<u32>() >= 3, "one side retried: {attempts:?}");
+        let rolled_back = log.iter().filter(|l| l.contains("rolled back")).count() as u32;
+        assert_eq!(rolled_back, attempts.iter().sum::<u32>() - 2, "every failed attempt ran its on_rollback: {log:?}");
         println!("write skew with retry: attempts per doctor {attempts:?}, log {log:?}");
     }
 

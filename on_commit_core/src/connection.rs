@@ -69,10 +69,11 @@ pub(crate) struct HookState<C: Connection> {
     pub(crate) baseline: bool,
     pub(crate) outside: OutsideTransaction,
     pub(crate) hook_panics: HookPanics,
-    /// > 0 while `on_commit`-kind hooks run after COMMIT or at once: their own
-    /// registrations are exempt from `WarnAndRun` and `Panic` (rule 2).
+    /// Non-zero while `on_commit`-kind hooks run after COMMIT or at once:
+    /// their own registrations are exempt from `WarnAndRun` and `Panic`
+    /// (rule 2).
     pub(crate) running_commit_hooks: u32,
-    /// > 0 while a panic of the transaction body is being handled: an
+    /// Non-zero while a panic of the transaction body is being handled: an
     /// `on_rollback` hook's panic is then only logged (rule 6).
     pub(crate) unwinding: u32,
     pub(crate) capture: Option<CaptureState<C>>,
@@ -81,6 +82,9 @@ pub(crate) struct HookState<C: Connection> {
     pub(crate) abort_cause: Option<AbortCause>,
     /// A database error said the connection was lost (rule 9).
     pub(crate) lost: bool,
+    /// The last statement through the wrapper failed: levels that vanish
+    /// now were rolled back by the database, not behind our back.
+    pub(crate) statement_failed: bool,
 }
 
 impl<C: Connection> HookedConnection<C> {
@@ -101,6 +105,7 @@ impl<C: Connection> HookedConnection<C> {
                 capture: None,
                 abort_cause: None,
                 lost: false,
+                statement_failed: false,
             },
         }
     }
@@ -194,8 +199,9 @@ impl<C: Connection> fmt::Debug for HookedConnection<C> {
 impl<C: Connection> SimpleConnection for HookedConnection<C> {
     fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
         let result = self.inner.batch_execute(query);
-        if let Err(e) = &result {
-            Self::observe(&mut self.state, e);
+        match &result {
+            Ok(()) => self.state.statement_failed = false,
+            Err(e) => Self::observe(&mut self.state, e),
         }
         result
     }
@@ -228,8 +234,9 @@ impl<C: Connection> Connection for HookedConnection<C> {
         T: QueryFragment<Self::Backend> + QueryId,
     {
         let result = self.inner.execute_returning_count(source);
-        if let Err(e) = &result {
-            Self::observe(&mut self.state, e);
+        match &result {
+            Ok(_) => self.state.statement_failed = false,
+            Err(e) => Self::observe(&mut self.state, e),
         }
         result
     }
@@ -277,7 +284,10 @@ where
         // Split the borrow: the cursor borrows `inner`, the error path `state`.
         let Self { inner, state } = self;
         match inner.load(source) {
-            Ok(cursor) => Ok(cursor),
+            Ok(cursor) => {
+                state.statement_failed = false;
+                Ok(cursor)
+            }
             Err(e) => {
                 Self::observe(state, &e);
                 Err(e)

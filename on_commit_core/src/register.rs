@@ -9,7 +9,7 @@ use diesel::result::QueryResult;
 
 use crate::connection::HookedConnection;
 use crate::hook::{self, CommitHook, Entry, FirstPanic, Hook, HookLabel, HookResult, OutsideTransaction};
-use crate::transaction::Sync;
+use crate::transaction::DepthCheck;
 
 /// Registering transaction hooks, for code that is generic over the
 /// connection wrapper (`HookedConnection<C>`, and later the async one).
@@ -265,8 +265,9 @@ impl<C: Connection> HookedConnection<C> {
     /// Whether a user transaction is open: `d >= 1`. Inside a test
     /// transaction alone this is `false`.
     pub fn in_transaction(&mut self) -> bool {
-        self.sync();
-        self.user_depth() >= 1
+        // A broken connection has no transaction the wrapper could use, even
+        // where the inner manager still counts one.
+        self.sync() != DepthCheck::Broken && self.user_depth() >= 1
     }
 
     fn register_commit(&mut self, label: HookLabel, hook: CommitHook<C>) {
@@ -280,9 +281,9 @@ impl<C: Connection> HookedConnection<C> {
     /// Queues `hook` at the current level, or applies rule 2 at `d == 0`.
     fn register(&mut self, label: HookLabel, hook: Hook<C>) {
         match self.sync() {
-            Sync::InSync => {}
-            Sync::Broken => return self.register_on_broken(label, hook),
-            Sync::Foreign => panic!(
+            DepthCheck::Matches => {}
+            DepthCheck::Broken => return self.register_on_broken(label, hook),
+            DepthCheck::Foreign => panic!(
                 "{} hook {label} registered while the connection is in a transaction that \
                  HookedConnection did not open (begun on inner_mut() or through the inner \
                  TransactionManager); open transactions with HookedConnection::transaction()",

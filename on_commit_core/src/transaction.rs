@@ -37,9 +37,9 @@ impl<C> std::fmt::Debug for HookedTransactionManager<C> {
 
 /// How the wrapper's levels compare with the inner connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Sync {
+pub(crate) enum DepthCheck {
     /// The inner depth is the baseline plus the wrapper's levels.
-    InSync,
+    Matches,
     /// The inner connection is deeper: a transaction the wrapper did not open.
     Foreign,
     /// The inner transaction manager is in error, or the connection was lost.
@@ -71,6 +71,16 @@ pub(crate) struct AbortCause {
     level: u32,
     kind: DatabaseErrorKind,
     info: RecordedInfo,
+    /// The server rolled back the whole transaction (an InnoDB deadlock):
+    /// no savepoint rollback revives it, and Diesel may not know (its MySQL
+    /// `batch_execute` reports 1213 as `Unknown` and sets no flag).
+    aborts_all: bool,
+}
+
+impl AbortCause {
+    fn into_error(self) -> Error {
+        Error::DatabaseError(self.kind, Box::new(self.info))
+    }
 }
 
 /// A copy of a database error's details, to return an error "of the same
@@ -135,26 +145,56 @@ fn is_lost_connection(kind: DatabaseErrorKind, message: &str) -> bool {
 impl<C: Connection> HookState<C> {
     /// A database error came back through the wrapper.
     pub(crate) fn observe_error(&mut self, error: &Error) {
+        self.statement_failed = true;
         if let Error::DatabaseError(kind, info) = error {
             if is_lost_connection(*kind, info.message()) {
                 self.lost = true;
             }
+            let deadlock = is_innodb_deadlock(info.message());
             // Keep the first error, unless a later one is the serialization
             // failure or deadlock that made the database abort (MySQL only
             // aborts for those; PostgreSQL for the first error already).
             let replace = match &self.abort_cause {
                 None => true,
                 Some(cause) => {
-                    *kind == DatabaseErrorKind::SerializationFailure
-                        && cause.kind != DatabaseErrorKind::SerializationFailure
+                    (deadlock && !cause.aborts_all)
+                        || (*kind == DatabaseErrorKind::SerializationFailure
+                            && cause.kind != DatabaseErrorKind::SerializationFailure)
                 }
             };
             if self.levels > 0 && replace {
                 self.abort_cause = Some(AbortCause {
                     level: self.levels,
-                    kind: *kind,
+                    // Diesel maps 1213 to `SerializationFailure` on prepared
+                    // statements only; report it the same on both paths.
+                    kind: if deadlock {
+                        DatabaseErrorKind::SerializationFailure
+                    } else {
+                        *kind
+                    },
                     info: RecordedInfo::of(&**info),
+                    aborts_all: deadlock,
                 });
+            }
+        }
+    }
+
+    /// The recorded cause says the whole transaction is gone.
+    pub(crate) fn aborted_by_server(&self) -> bool {
+        self.abort_cause.as_ref().is_some_and(|c| c.aborts_all)
+    }
+
+    /// Level `level` was rolled back while the database may still consider
+    /// the transaction aborted (`still_aborted`): keep the cause for the
+    /// enclosing level then, else forget it.
+    pub(crate) fn cause_after_rollback(&mut self, level: u32, still_aborted: bool) {
+        if level <= 1 {
+            self.abort_cause = None;
+        } else if let Some(cause) = &mut self.abort_cause {
+            if still_aborted || cause.aborts_all {
+                cause.level = cause.level.min(level - 1);
+            } else if cause.level >= level {
+                self.abort_cause = None;
             }
         }
     }
@@ -163,9 +203,6 @@ impl<C: Connection> HookState<C> {
     /// hooks are discarded, then their `on_rollback` hooks run in
     /// registration order. Hooks of the enclosing levels stay.
     pub(crate) fn rolled_back(&mut self, level: u32) {
-        if matches!(&self.abort_cause, Some(c) if c.level >= level) {
-            self.abort_cause = None;
-        }
         if self.queue.is_empty() {
             return;
         }
@@ -193,50 +230,74 @@ impl<C: Connection> HookState<C> {
         }
         self.levels = 0;
         self.baseline = false;
+        self.abort_cause = None;
         self.rolled_back(1);
     }
 
     /// Levels the wrapper opened vanished without it committing or rolling
-    /// them back (a raw COMMIT or ROLLBACK, a reset): the wrapper cannot know
-    /// what happened, so neither kind of their hooks runs (rule 8).
+    /// them back.
+    ///
+    /// * Right after a statement failed through the wrapper (SQLite rolls
+    ///   the whole transaction back on `RAISE(ROLLBACK)` or a full disk, and
+    ///   Diesel notices): a failed statement commits nothing, so this is a
+    ///   rollback (rule 4): their `on_rollback` hooks run, and the error is
+    ///   kept to be returned from `transaction()`.
+    /// * Otherwise (a raw COMMIT or ROLLBACK, a reset) the wrapper cannot know
+    ///   what happened, so neither kind of their hooks runs (rule 8).
     fn levels_vanished(&mut self, real: u32) {
         let baseline = self.baseline && real >= 1;
         let kept = real - u32::from(baseline);
+        let vanished = self.levels - kept;
+        self.levels = kept;
+        self.baseline = baseline;
+        if self.statement_failed && vanished > 0 {
+            tracing::debug!(
+                vanished,
+                "the database rolled back the transaction after a failed statement"
+            );
+            if let Some(cause) = &mut self.abort_cause {
+                cause.level = cause.level.min(kept);
+            }
+            self.rolled_back(kept + 1);
+            return;
+        }
         let discarded = self.queue.take_from_level(kept + 1).count();
         tracing::error!(
-            vanished = self.levels - kept,
-            test_transaction_vanished = self.baseline && !baseline,
+            vanished,
+            test_transaction_vanished = !baseline && real == 0,
             discarded_hooks = discarded,
             "transaction levels opened by HookedConnection were closed behind its back \
              (a raw COMMIT/ROLLBACK or a reset): their hooks are discarded, none runs"
         );
-        self.levels = kept;
-        self.baseline = baseline;
-        if matches!(&self.abort_cause, Some(c) if c.level > kept) {
-            self.abort_cause = None;
-        }
+        self.abort_cause = None;
     }
+}
+
+/// InnoDB's deadlock (1213): the server rolled the whole transaction back.
+fn is_innodb_deadlock(message: &str) -> bool {
+    message.starts_with("Deadlock found when trying to get lock")
 }
 
 impl<C: Connection> HookedConnection<C> {
     /// Brings the wrapper's levels in line with the inner connection (rules
     /// 8 and 9); called at every step. Costs a status read when in sync.
-    pub(crate) fn sync(&mut self) -> Sync {
+    pub(crate) fn sync(&mut self) -> DepthCheck {
         let real = match real_depth(&mut self.inner) {
             Some(real) if !self.state.lost => real,
             _ => {
                 self.state.connection_broken();
-                return Sync::Broken;
+                return DepthCheck::Broken;
             }
         };
         let expected = u32::from(self.state.baseline) + self.state.levels;
         if real < expected {
             self.state.levels_vanished(real);
         }
+        self.state.statement_failed = false;
         if real > expected {
-            Sync::Foreign
+            DepthCheck::Foreign
         } else {
-            Sync::InSync
+            DepthCheck::Matches
         }
     }
 
@@ -318,6 +379,12 @@ impl<C: Connection> HookedTransactionManager<C> {
         begin(conn)?;
         let level = conn.state.levels;
         match panic::catch_unwind(AssertUnwindSafe(|| callback(&mut *conn))) {
+            Ok(Ok(_)) if conn.sync() != DepthCheck::Broken && conn.state.levels < level => {
+                // The level is already gone: the database rolled it back
+                // after a failed statement the body swallowed (its hooks
+                // were handled then), or it was closed behind our back.
+                Err(Self::level_gone_error(conn).into())
+            }
             Ok(Ok(value)) => match Self::commit_transaction(conn) {
                 Ok(()) => Ok(value),
                 Err(commit_error) => {
@@ -390,7 +457,7 @@ impl<C: Connection> HookedTransactionManager<C> {
     /// body swallowed). Roll back and return the error that aborted it.
     fn roll_back_aborted(conn: &mut HookedConnection<C>) -> Error {
         let error = match conn.state.abort_cause.take() {
-            Some(cause) => Error::DatabaseError(cause.kind, Box::new(cause.info)),
+            Some(cause) => cause.into_error(),
             None => Error::DatabaseError(
                 DatabaseErrorKind::Unknown,
                 Box::new(String::from(
@@ -402,6 +469,20 @@ impl<C: Connection> HookedTransactionManager<C> {
         tracing::debug!("transaction aborted by an earlier error; rolling back instead of committing: {error}");
         let _ = Self::roll_back_level(conn, conn.state.levels);
         error
+    }
+
+    /// The error for a level that closed without the wrapper.
+    fn level_gone_error(conn: &mut HookedConnection<C>) -> Error {
+        match conn.state.abort_cause.take() {
+            Some(cause) => cause.into_error(),
+            None => Error::DatabaseError(
+                DatabaseErrorKind::Unknown,
+                Box::new(String::from(
+                    "the transaction was closed behind HookedConnection's back (a raw COMMIT or \
+                     ROLLBACK, or a reset); its outcome is unknown and its hooks were discarded",
+                )),
+            ),
+        }
     }
 
     /// Rolls back until the wrapper's levels are below `level` (the body may
@@ -437,7 +518,7 @@ impl<C: Connection> TransactionManager<HookedConnection<C>> for HookedTransactio
     /// ROLLBACK succeeded or failed (the level is gone either way). A level
     /// the wrapper did not open is only delegated.
     fn rollback_transaction(conn: &mut HookedConnection<C>) -> QueryResult<()> {
-        if conn.sync() != Sync::InSync || conn.state.levels == 0 {
+        if conn.sync() != DepthCheck::Matches || conn.state.levels == 0 {
             return Inner::<C>::rollback_transaction(&mut conn.inner);
         }
         let level = conn.state.levels;
@@ -447,6 +528,8 @@ impl<C: Connection> TransactionManager<HookedConnection<C>> for HookedTransactio
             None => conn.state.connection_broken(),
             Some(after) if after < before => {
                 conn.state.levels -= 1;
+                let still_aborted = requires_rollback(&mut conn.inner);
+                conn.state.cause_after_rollback(level, still_aborted);
                 conn.state.rolled_back(level);
                 if after + 1 < before {
                     conn.sync();
@@ -469,18 +552,18 @@ impl<C: Connection> TransactionManager<HookedConnection<C>> for HookedTransactio
     /// * A failed COMMIT or RELEASE that closed the level counts as a
     ///   rollback (rule 4); one that left it open leaves it to the caller.
     fn commit_transaction(conn: &mut HookedConnection<C>) -> QueryResult<()> {
-        if conn.sync() != Sync::InSync || conn.state.levels == 0 {
+        if conn.sync() != DepthCheck::Matches || conn.state.levels == 0 {
             return Inner::<C>::commit_transaction(&mut conn.inner);
         }
         let level = conn.state.levels;
         if level == 1 {
             Self::run_before_commit(conn)?;
-            if conn.state.levels != 1 || conn.sync() != Sync::InSync {
+            if conn.state.levels != 1 || conn.sync() != DepthCheck::Matches {
                 // A before_commit hook closed the transaction itself.
                 return Err(Error::NotInTransaction);
             }
         }
-        if requires_rollback(&mut conn.inner) {
+        if requires_rollback(&mut conn.inner) || conn.state.aborted_by_server() {
             return Err(Self::roll_back_aborted(conn));
         }
         let before = real_depth(&mut conn.inner).unwrap_or(0);
@@ -497,7 +580,11 @@ impl<C: Connection> TransactionManager<HookedConnection<C>> for HookedTransactio
                             cause.level = cause.level.min(level - 1);
                         }
                     }
-                    (Err(_), _) => conn.state.rolled_back(level),
+                    (Err(_), _) => {
+                        let still_aborted = requires_rollback(&mut conn.inner);
+                        conn.state.cause_after_rollback(level, still_aborted);
+                        conn.state.rolled_back(level);
+                    }
                 }
                 if after + 1 < before {
                     conn.sync();
