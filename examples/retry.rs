@@ -14,7 +14,10 @@ use diesel::result::Error;
 use diesel_on_commit::prelude::*;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt().with_target(false).without_time().init();
+    tracing_subscriber::fmt()
+        .with_target(false)
+        .without_time()
+        .init();
     let dir = std::env::temp_dir().join(format!("on-commit-retry-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let url = dir.join("shop.sqlite").to_string_lossy().into_owned();
@@ -39,7 +42,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut b = HookedConnection::<SqliteConnection>::establish(&url)?;
     diesel::sql_query("PRAGMA busy_timeout = 0").execute(&mut b)?;
-    let policy = RetryPolicy::attempts(50).backoff(Duration::from_millis(5), Duration::from_millis(40));
+    let policy =
+        RetryPolicy::attempts(50).backoff(Duration::from_millis(5), Duration::from_millis(40));
     let mut attempts = 0;
     b.build_transaction().immediate().retry(policy).run(|conn| -> Result<(), Error> {
         attempts += 1;

@@ -15,15 +15,17 @@ diesel::table! { items (id) { id -> Integer } }
 
 const SETUP: &str = "CREATE TABLE items (id INTEGER PRIMARY KEY)";
 
-fn workload<C: Connection<Backend = diesel::sqlite::Sqlite>>(conn: &mut C, rounds: i32)
+fn workload<C>(conn: &mut C, rounds: i32)
 where
-    C: diesel::connection::LoadConnection,
+    C: Connection<Backend = diesel::sqlite::Sqlite> + diesel::connection::LoadConnection,
 {
     for i in 0..rounds {
         // An empty transaction, one with an INSERT, and a nested savepoint.
         conn.transaction(|_| -> R { Ok(()) }).unwrap();
         conn.transaction(|conn| -> R {
-            diesel::insert_into(items::table).values(items::id.eq(i)).execute(conn)?;
+            diesel::insert_into(items::table)
+                .values(items::id.eq(i))
+                .execute(conn)?;
             Ok(())
         })
         .unwrap();
@@ -61,7 +63,10 @@ fn hookless_transactions_allocate_exactly_as_much_as_raw_diesel() {
     let raw_info = measure(|| workload(&mut raw, 200));
     let wrapped_info = measure(|| workload(&mut wrapped, 200));
     println!("raw Diesel: {raw_info:?}\nwrapper:    {wrapped_info:?}");
-    assert!(raw_info.count_total > 0, "the measurement sees Diesel's own allocations");
+    assert!(
+        raw_info.count_total > 0,
+        "the measurement sees Diesel's own allocations"
+    );
     assert_eq!(
         wrapped_info.count_total, raw_info.count_total,
         "the wrapper must add no allocation to a hookless transaction"

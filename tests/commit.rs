@@ -33,7 +33,10 @@ fn before_commit_runs_inside_the_transaction_before_on_commit() {
         conn.on_commit(log.hook("on_commit"));
         let l = log.clone();
         conn.before_commit(move |conn| {
-            assert!(conn.in_transaction(), "before_commit runs inside the transaction");
+            assert!(
+                conn.in_transaction(),
+                "before_commit runs inside the transaction"
+            );
             l.push("before_commit");
             diesel::insert_into(items::table)
                 .values((items::id.eq(1), items::name.eq("from before_commit")))
@@ -207,7 +210,10 @@ fn on_commit_with_runs_at_depth_zero_and_its_registrations_run_at_once() {
         Ok(())
     })
     .unwrap();
-    assert_eq!(log.get(), ["with start", "registered by hook", "with end", "second"]);
+    assert_eq!(
+        log.get(),
+        ["with start", "registered by hook", "with end", "second"]
+    );
 }
 
 #[test]
@@ -232,7 +238,10 @@ fn a_hook_that_opens_a_transaction_gets_a_fresh_one_with_its_own_hooks() {
     .unwrap();
     assert_eq!(
         log.get(),
-        ["hook of the hook's transaction", "second hook of the first transaction"]
+        [
+            "hook of the hook's transaction",
+            "second hook of the first transaction"
+        ]
     );
     assert_eq!(count(&mut conn), 1);
 }

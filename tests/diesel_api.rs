@@ -36,7 +36,11 @@ fn migrated() -> HookedConnection<SqliteConnection> {
 }
 
 fn order(id: i32, customer: &str, total_cents: i32) -> Order {
-    Order { id, customer: customer.into(), total_cents }
+    Order {
+        id,
+        customer: customer.into(),
+        total_cents,
+    }
 }
 
 #[test]
@@ -120,8 +124,12 @@ fn query_errors_pass_through_unchanged() {
     // swallowed error there does not stop the commit.
     let log = Log::new();
     conn.transaction(|conn| -> Result<(), Error> {
-        let _ = diesel::insert_into(orders::table).values(&order(1, "dup", 1)).execute(conn);
-        diesel::insert_into(orders::table).values(&order(2, "ok", 1)).execute(conn)?;
+        let _ = diesel::insert_into(orders::table)
+            .values(&order(1, "dup", 1))
+            .execute(conn);
+        diesel::insert_into(orders::table)
+            .values(&order(2, "ok", 1))
+            .execute(conn)?;
         conn.on_commit(log.hook("committed"));
         Ok(())
     })
@@ -187,6 +195,9 @@ fn a_multi_connection_enum_over_wrapped_connections() {
     })
     .unwrap();
     assert_eq!(log.get(), ["variant committed"]);
-    let names: Vec<String> = orders::table.select(orders::customer).load(&mut conn).unwrap();
+    let names: Vec<String> = orders::table
+        .select(orders::customer)
+        .load(&mut conn)
+        .unwrap();
     assert_eq!(names, ["ada"]);
 }

@@ -45,7 +45,10 @@ fn a_hook_error_is_logged_with_its_label_and_later_hooks_run() {
     r.unwrap();
     assert_eq!(log.get(), ["after the failing hook"]);
     assert!(logs.contains("ERROR"), "{logs}");
-    assert!(logs.contains("smtp refused: mailbox full"), "logged with {{:#}}: {logs}");
+    assert!(
+        logs.contains("smtp refused: mailbox full"),
+        "logged with {{:#}}: {logs}"
+    );
     assert!(logs.contains("tests/hook_failures.rs:"), "label: {logs}");
 }
 
@@ -56,7 +59,9 @@ fn a_panicking_on_commit_hook_does_not_stop_the_others_and_is_resumed_after_comm
     let (msg, logs) = capture_logs(|| {
         expect_panic(|| {
             conn.transaction(|conn| -> R {
-                diesel::insert_into(items::table).values(items::id.eq(1)).execute(conn)?;
+                diesel::insert_into(items::table)
+                    .values(items::id.eq(1))
+                    .execute(conn)?;
                 conn.on_commit(log.hook("first"));
                 conn.on_commit(|| -> () { panic!("boom in hook") });
                 conn.on_commit(log.hook("after the panic"));
@@ -66,7 +71,10 @@ fn a_panicking_on_commit_hook_does_not_stop_the_others_and_is_resumed_after_comm
     });
     assert_eq!(msg, "boom in hook");
     assert_eq!(log.get(), ["first", "after the panic"]);
-    assert!(logs.contains("after COMMIT; the transaction is committed"), "{logs}");
+    assert!(
+        logs.contains("after COMMIT; the transaction is committed"),
+        "{logs}"
+    );
     // The panic did not mean a rollback.
     let n: i64 = items::table.count().get_result(&mut conn).unwrap();
     assert_eq!(n, 1);
@@ -116,7 +124,10 @@ fn robust_hook_panic_is_caught_and_logged_never_resumed() {
     });
     assert!(r.is_ok(), "robust panics are not resumed (policy Resume)");
     assert_eq!(log.get(), ["after robust"]);
-    assert!(logs.contains("robust boom") && logs.contains("ERROR"), "{logs}");
+    assert!(
+        logs.contains("robust boom") && logs.contains("ERROR"),
+        "{logs}"
+    );
 }
 
 #[test]
@@ -157,7 +168,8 @@ fn an_on_rollback_panic_during_a_body_panic_is_logged_not_resumed() {
 #[test]
 fn a_panic_of_a_hook_run_at_once_outside_a_transaction_is_resumed_with_a_fitting_message() {
     let mut conn = sqlite();
-    let (msg, logs) = capture_logs(|| expect_panic(|| conn.on_commit(|| -> () { panic!("at once") })));
+    let (msg, logs) =
+        capture_logs(|| expect_panic(|| conn.on_commit(|| -> () { panic!("at once") })));
     assert_eq!(msg, "at once");
     assert!(logs.contains("outside a transaction"), "{logs}");
 }

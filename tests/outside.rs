@@ -41,7 +41,10 @@ fn warn_and_run_logs_the_label_then_runs() {
     let ((), logs) = capture_logs(|| conn.on_commit(log.hook("ran")));
     assert_eq!(log.get(), ["ran"]);
     assert!(logs.contains("WARN"), "{logs}");
-    assert!(logs.contains("tests/outside.rs:"), "names the label: {logs}");
+    assert!(
+        logs.contains("tests/outside.rs:"),
+        "names the label: {logs}"
+    );
     assert!(logs.contains("outside a transaction"), "{logs}");
 }
 
@@ -52,7 +55,10 @@ fn warn_and_run_warns_and_drops_on_rollback() {
     let log = Log::new();
     let ((), logs) = capture_logs(|| conn.on_rollback(log.hook("never")));
     assert!(log.get().is_empty());
-    assert!(logs.contains("WARN") && logs.contains("on_rollback"), "{logs}");
+    assert!(
+        logs.contains("WARN") && logs.contains("on_rollback"),
+        "{logs}"
+    );
 }
 
 #[test]

@@ -146,7 +146,10 @@ fn on_commit_kinds_run_in_one_registration_order_across_levels() {
         Ok(())
     })
     .unwrap();
-    assert_eq!(log.get(), ["plain 1", "with 2", "robust 3", "plain 4", "robust 5"]);
+    assert_eq!(
+        log.get(),
+        ["plain 1", "with 2", "robust 3", "plain 4", "robust 5"]
+    );
 }
 
 #[test]
@@ -278,7 +281,10 @@ fn labels_name_the_call_site_and_the_closure_type() {
     });
     let label = hooks.labels()[0].to_string();
     let line = line!() - 6;
-    assert!(label.starts_with(&format!("tests/queue.rs:{line}: ")), "{label}");
+    assert!(
+        label.starts_with(&format!("tests/queue.rs:{line}: ")),
+        "{label}"
+    );
     assert!(label.contains("labels_name_the_call_site"), "{label}");
     hooks.run(&mut conn);
 }

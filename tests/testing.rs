@@ -25,14 +25,19 @@ fn begin_test_transaction_is_the_baseline() {
     let mut conn = with_items();
     let log = Log::new();
     conn.begin_test_transaction().unwrap();
-    assert!(!conn.in_transaction(), "the test transaction is not a user transaction");
+    assert!(
+        !conn.in_transaction(),
+        "the test transaction is not a user transaction"
+    );
     // Rule 2 applies at the baseline.
     conn.on_commit(log.hook("at once"));
     assert_eq!(log.get(), ["at once"]);
     // The outermost user commit (a RELEASE SAVEPOINT) fires hooks.
     conn.transaction(|conn| -> R {
         assert!(conn.in_transaction());
-        diesel::insert_into(items::table).values(items::id.eq(1)).execute(conn)?;
+        diesel::insert_into(items::table)
+            .values(items::id.eq(1))
+            .execute(conn)?;
         conn.on_commit(log.hook("user commit"));
         conn.transaction(|conn| -> R {
             conn.on_commit(log.hook("nested"));
@@ -47,7 +52,10 @@ fn begin_test_transaction_is_the_baseline() {
         Err(Error::RollbackTransaction)
     });
     assert!(r.is_err());
-    assert_eq!(log.get(), ["at once", "user commit", "nested", "rolled back"]);
+    assert_eq!(
+        log.get(),
+        ["at once", "user commit", "nested", "rolled back"]
+    );
 }
 
 #[test]
@@ -57,7 +65,9 @@ fn test_transaction_is_the_baseline_and_fires_nothing_when_it_ends() {
     let n = conn.test_transaction(|conn| -> Result<i64, Error> {
         assert!(!conn.in_transaction());
         conn.transaction(|conn| -> R {
-            diesel::insert_into(items::table).values(items::id.eq(1)).execute(conn)?;
+            diesel::insert_into(items::table)
+                .values(items::id.eq(1))
+                .execute(conn)?;
             conn.on_commit(log.hook("user commit"));
             Ok(())
         })?;
@@ -65,7 +75,11 @@ fn test_transaction_is_the_baseline_and_fires_nothing_when_it_ends() {
         items::table.count().get_result(conn)
     });
     assert_eq!(n, 1);
-    assert_eq!(log.get(), ["user commit"], "nothing fires when the test transaction ends");
+    assert_eq!(
+        log.get(),
+        ["user commit"],
+        "nothing fires when the test transaction ends"
+    );
     let after: i64 = items::table.count().get_result(&mut conn).unwrap();
     assert_eq!(after, 0, "the test transaction rolled everything back");
     assert!(!conn.in_transaction());
@@ -127,7 +141,10 @@ fn capture_collect_keeps_hooks_in_order_until_run() {
     assert!(!hooks.is_empty());
     assert!(log.get().is_empty(), "Collect runs nothing");
     let labels: Vec<String> = hooks.labels().iter().map(|l| l.to_string()).collect();
-    assert!(labels.iter().all(|l| l.starts_with("tests/testing.rs:")), "{labels:?}");
+    assert!(
+        labels.iter().all(|l| l.starts_with("tests/testing.rs:")),
+        "{labels:?}"
+    );
     assert!(format!("{hooks:?}").contains("CapturedHooks"));
     hooks.run(&mut conn);
     assert_eq!(log.get(), ["first", "second", "third"]);
@@ -158,14 +175,14 @@ fn capture_execute_runs_hooks_when_due_and_records_hooks_registered_by_hooks_onc
 fn capture_applies_the_outside_policy_first() {
     let mut conn = sqlite();
     conn.set_outside_transaction(OutsideTransaction::Panic);
-    let msg = expect_panic(|| {
-        conn.capture_on_commit(Capture::Collect, |conn| conn.on_commit(|| ()))
-    });
+    let msg =
+        expect_panic(|| conn.capture_on_commit(Capture::Collect, |conn| conn.on_commit(|| ())));
     assert!(msg.contains("outside a transaction"), "{msg}");
     // Under Run, a hook registered at d == 0 is captured (it would have run).
     conn.set_outside_transaction(OutsideTransaction::Run);
     let log = Log::new();
-    let ((), hooks) = conn.capture_on_commit(Capture::Collect, |conn| conn.on_commit(log.hook("x")));
+    let ((), hooks) =
+        conn.capture_on_commit(Capture::Collect, |conn| conn.on_commit(log.hook("x")));
     assert_eq!(hooks.len(), 1);
     assert!(log.get().is_empty());
     hooks.run(&mut conn);

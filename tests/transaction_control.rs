@@ -63,7 +63,10 @@ fn retry_gives_up_after_the_policys_attempts() {
     });
     assert!(matches!(
         r,
-        Err(Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _))
+        Err(Error::DatabaseError(
+            DatabaseErrorKind::SerializationFailure,
+            _
+        ))
     ));
     assert_eq!(attempts, 3);
 }
@@ -95,7 +98,10 @@ fn retry_inside_an_open_transaction_runs_once_and_returns_the_error_unchanged() 
         });
         assert!(matches!(
             r,
-            Err(Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _))
+            Err(Error::DatabaseError(
+                DatabaseErrorKind::SerializationFailure,
+                _
+            ))
         ));
         assert_eq!(attempts, 1, "a savepoint is not retried");
         Ok(())
@@ -119,7 +125,10 @@ fn retry_respects_the_deadline() {
         Err(serialization_failure())
     });
     assert!(r.is_err());
-    assert!(attempts < 1000, "stopped by the deadline after {attempts} attempts");
+    assert!(
+        attempts < 1000,
+        "stopped by the deadline after {attempts} attempts"
+    );
 }
 
 #[test]
@@ -178,7 +187,10 @@ fn sqlite_immediate_and_exclusive_transactions_fire_hooks() {
         Err(Error::RollbackTransaction)
     });
     assert!(r.is_err());
-    assert_eq!(log.get(), ["immediate", "exclusive", "immediate rolled back"]);
+    assert_eq!(
+        log.get(),
+        ["immediate", "exclusive", "immediate rolled back"]
+    );
 }
 
 #[test]
@@ -200,7 +212,9 @@ fn sqlite_busy_is_retried_on_two_connections_to_one_file() {
     let path = dir.join("db.sqlite");
     let url = path.to_str().unwrap().to_owned();
     let mut a = HookedConnection::<SqliteConnection>::establish(&url).unwrap();
-    diesel::sql_query("CREATE TABLE t (id INTEGER PRIMARY KEY)").execute(&mut a).unwrap();
+    diesel::sql_query("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+        .execute(&mut a)
+        .unwrap();
     let log = Log::new();
     let attempts = Arc::new(AtomicU32::new(0));
     let (locked_tx, locked_rx) = std::sync::mpsc::channel();
@@ -216,7 +230,9 @@ fn sqlite_busy_is_retried_on_two_connections_to_one_file() {
     });
     locked_rx.recv().unwrap();
     let mut b = HookedConnection::<SqliteConnection>::establish(&url).unwrap();
-    diesel::sql_query("PRAGMA busy_timeout = 0").execute(&mut b).unwrap();
+    diesel::sql_query("PRAGMA busy_timeout = 0")
+        .execute(&mut b)
+        .unwrap();
     let counter = attempts.clone();
     let release = std::thread::spawn(move || {
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -270,7 +286,8 @@ mod postgres {
     }
 
     fn drop_table(table: &str) {
-        pg().batch_execute(&format!("DROP TABLE IF EXISTS {table}")).unwrap();
+        pg().batch_execute(&format!("DROP TABLE IF EXISTS {table}"))
+            .unwrap();
     }
 
     /// One doctor's transaction; the barrier makes both read before either
@@ -297,14 +314,19 @@ mod postgres {
         if on_call < 2 {
             return Ok(false);
         }
-        diesel::sql_query(format!("UPDATE {table} SET on_call = FALSE WHERE id = {id}"))
-            .execute(conn)?;
+        diesel::sql_query(format!(
+            "UPDATE {table} SET on_call = FALSE WHERE id = {id}"
+        ))
+        .execute(conn)?;
         let l = log.clone();
         conn.on_commit(move || l.push(format!("doctor {id} off call (attempt {n})")));
         Ok(true)
     }
 
-    fn run_pair(retry: bool) -> (Vec<Result<bool, Error>>, Vec<String>, i64, [u32; 2]) {
+    /// Each side's result, the hook log, doctors still on call, attempts per side.
+    type PairOutcome = (Vec<Result<bool, Error>>, Vec<String>, i64, [u32; 2]);
+
+    fn run_pair(retry: bool) -> PairOutcome {
         let table = doctors_table();
         let barrier = Arc::new(Barrier::new(2));
         let log = Log::new();
@@ -317,9 +339,9 @@ mod postgres {
                     let mut conn = pg();
                     let builder = conn.build_transaction().serializable();
                     if retry {
-                        builder.retry(fast(10)).run(|conn| {
-                            go_off_call(conn, &table, id, &barrier, &attempt, &log)
-                        })
+                        builder
+                            .retry(fast(10))
+                            .run(|conn| go_off_call(conn, &table, id, &barrier, &attempt, &log))
                     } else {
                         builder.run(|conn| go_off_call(conn, &table, id, &barrier, &attempt, &log))
                     }
@@ -333,7 +355,10 @@ mod postgres {
         .get_result(&mut pg())
         .unwrap();
         drop_table(&table);
-        let a = [attempts[0].load(Ordering::SeqCst), attempts[1].load(Ordering::SeqCst)];
+        let a = [
+            attempts[0].load(Ordering::SeqCst),
+            attempts[1].load(Ordering::SeqCst),
+        ];
         (results, log.get(), on_call, a)
     }
 
@@ -345,14 +370,21 @@ mod postgres {
         assert!(
             matches!(
                 failures[0],
-                Err(Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _))
+                Err(Error::DatabaseError(
+                    DatabaseErrorKind::SerializationFailure,
+                    _
+                ))
             ),
             "{results:?}"
         );
         assert_eq!(on_call, 1, "the invariant holds");
         let fired: Vec<_> = log.iter().filter(|l| l.contains("off call")).collect();
         assert_eq!(fired.len(), 1, "only the committed side fired: {log:?}");
-        assert_eq!(log.iter().filter(|l| l.contains("rolled back")).count(), 1, "{log:?}");
+        assert_eq!(
+            log.iter().filter(|l| l.contains("rolled back")).count(),
+            1,
+            "{log:?}"
+        );
         assert_eq!(attempts, [1, 1]);
     }
 
@@ -364,11 +396,22 @@ mod postgres {
         assert_eq!(went_off.len(), 1, "one doctor went off call: {results:?}");
         assert_eq!(on_call, 1, "the invariant holds");
         let fired: Vec<_> = log.iter().filter(|l| l.contains("off call")).collect();
-        assert_eq!(fired.len(), 1, "hooks fired once per committed change: {log:?}");
+        assert_eq!(
+            fired.len(),
+            1,
+            "hooks fired once per committed change: {log:?}"
+        );
         // One side retried; how often depends on when the other committed.
-        assert!(attempts.iter().sum::<u32>() >= 3, "one side retried: {attempts:?}");
+        assert!(
+            attempts.iter().sum::<u32>() >= 3,
+            "one side retried: {attempts:?}"
+        );
         let rolled_back = log.iter().filter(|l| l.contains("rolled back")).count() as u32;
-        assert_eq!(rolled_back, attempts.iter().sum::<u32>() - 2, "every failed attempt ran its on_rollback: {log:?}");
+        assert_eq!(
+            rolled_back,
+            attempts.iter().sum::<u32>() - 2,
+            "every failed attempt ran its on_rollback: {log:?}"
+        );
         println!("write skew with retry: attempts per doctor {attempts:?}, log {log:?}");
     }
 
@@ -384,7 +427,13 @@ mod postgres {
             Ok(())
         });
         assert!(
-            matches!(r, Err(Error::DatabaseError(DatabaseErrorKind::ReadOnlyTransaction, _))),
+            matches!(
+                r,
+                Err(Error::DatabaseError(
+                    DatabaseErrorKind::ReadOnlyTransaction,
+                    _
+                ))
+            ),
             "{r:?}"
         );
         assert_eq!(log.get(), ["rolled back"]);
@@ -395,8 +444,10 @@ mod postgres {
             .read_only()
             .deferrable()
             .run(|conn| {
-                diesel::dsl::sql::<diesel::sql_types::BigInt>(&format!("SELECT COUNT(*) FROM {table}"))
-                    .get_result(conn)
+                diesel::dsl::sql::<diesel::sql_types::BigInt>(&format!(
+                    "SELECT COUNT(*) FROM {table}"
+                ))
+                .get_result(conn)
             })
             .unwrap();
         assert_eq!(n, 2);
@@ -445,7 +496,10 @@ mod postgres {
         fired.sort();
         assert_eq!(fired, ["1->2 committed", "2->1 committed"]);
         let attempts = total.load(Ordering::SeqCst);
-        assert!(attempts >= 3, "PostgreSQL broke the deadlock, one side retried: {attempts}");
+        assert!(
+            attempts >= 3,
+            "PostgreSQL broke the deadlock, one side retried: {attempts}"
+        );
         println!("deadlock: {attempts} attempts for 2 commits");
         drop_table(&table);
     }
@@ -505,9 +559,14 @@ mod mysql {
         fired.sort();
         assert_eq!(fired, ["1->2 committed", "2->1 committed"]);
         let attempts = total.load(Ordering::SeqCst);
-        assert!(attempts >= 3, "InnoDB broke the deadlock, one side retried: {attempts}");
+        assert!(
+            attempts >= 3,
+            "InnoDB broke the deadlock, one side retried: {attempts}"
+        );
         println!("MySQL deadlock: {attempts} attempts for 2 commits");
-        mysql().batch_execute(&format!("DROP TABLE {table}")).unwrap();
+        mysql()
+            .batch_execute(&format!("DROP TABLE {table}"))
+            .unwrap();
     }
 
     #[test]

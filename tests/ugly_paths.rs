@@ -33,7 +33,9 @@ fn panic_in_the_body_rolls_back_restores_the_depth_and_resumes() {
     let log = Log::new();
     let msg = expect_panic(|| {
         conn.transaction(|conn| -> R {
-            diesel::insert_into(items::table).values(items::id.eq(1)).execute(conn)?;
+            diesel::insert_into(items::table)
+                .values(items::id.eq(1))
+                .execute(conn)?;
             conn.on_commit(log.hook("on_commit"));
             conn.on_rollback(log.hook("on_rollback"));
             panic!("body boom")
@@ -45,7 +47,9 @@ fn panic_in_the_body_rolls_back_restores_the_depth_and_resumes() {
     assert_eq!(count(&mut conn), 0, "rolled back");
     // The next transaction is a real outermost one: its hooks fire.
     conn.transaction(|conn| -> R {
-        diesel::insert_into(items::table).values(items::id.eq(2)).execute(conn)?;
+        diesel::insert_into(items::table)
+            .values(items::id.eq(2))
+            .execute(conn)?;
         conn.on_commit(log.hook("next commit"));
         Ok(())
     })
@@ -79,14 +83,18 @@ fn a_caught_panic_in_a_savepoint_leaves_the_outer_level_usable() {
         conn.on_commit(log.hook("outer"));
         let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             conn.transaction(|conn| -> R {
-                diesel::insert_into(items::table).values(items::id.eq(1)).execute(conn)?;
+                diesel::insert_into(items::table)
+                    .values(items::id.eq(1))
+                    .execute(conn)?;
                 conn.on_commit(log.hook("inner, rolled back"));
                 panic!("inner boom")
             })
         }));
         assert!(caught.is_err());
         assert!(conn.in_transaction(), "still in the outer level");
-        diesel::insert_into(items::table).values(items::id.eq(2)).execute(conn)?;
+        diesel::insert_into(items::table)
+            .values(items::id.eq(2))
+            .execute(conn)?;
         Ok(())
     })
     .unwrap();
@@ -126,9 +134,15 @@ fn levels_that_vanish_behind_the_wrappers_back_run_neither_kind_of_hook() {
             Ok(())
         })
     });
-    assert!(r.is_err(), "the wrapper cannot commit a level that is gone: {r:?}");
+    assert!(
+        r.is_err(),
+        "the wrapper cannot commit a level that is gone: {r:?}"
+    );
     assert!(log.get().is_empty(), "{:?}", log.get());
-    assert!(logs.contains("ERROR") && logs.contains("behind its back"), "{logs}");
+    assert!(
+        logs.contains("ERROR") && logs.contains("behind its back"),
+        "{logs}"
+    );
     // Usable again.
     conn.transaction(|conn| -> R {
         conn.on_commit(log.hook("next"));
@@ -156,10 +170,15 @@ fn a_broken_transaction_manager_discards_on_commit_and_runs_on_rollback() {
     assert!(matches!(r, Err(Error::BrokenTransactionManager)), "{r:?}");
     assert_eq!(
         log.get(),
-        ["on_rollback 1", "on_rollback on a broken connection runs at once"]
+        [
+            "on_rollback 1",
+            "on_rollback on a broken connection runs at once"
+        ]
     );
     assert!(logs.contains("dropped, it will never run"), "{logs}");
-    assert!(HookedTransactionManager::is_broken_transaction_manager(&mut conn));
+    assert!(HookedTransactionManager::is_broken_transaction_manager(
+        &mut conn
+    ));
 }
 
 #[test]
@@ -184,7 +203,10 @@ fn into_inner_mid_transaction_discards_every_hook_with_a_warning() {
     conn.on_rollback(log.hook("on_rollback"));
     let (inner, logs) = capture_logs(|| conn.into_inner());
     assert!(log.get().is_empty());
-    assert!(logs.contains("WARN") && logs.contains("into_inner"), "{logs}");
+    assert!(
+        logs.contains("WARN") && logs.contains("into_inner"),
+        "{logs}"
+    );
     drop(inner);
     assert!(log.get().is_empty());
 }

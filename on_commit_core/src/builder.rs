@@ -14,7 +14,7 @@
 use diesel::connection::{AnsiTransactionManager, Connection};
 use diesel::result::{Error, QueryResult};
 
-use crate::retry::{with_retry, Retryable, RetryPolicy};
+use crate::retry::{with_retry, RetryPolicy, Retryable};
 use crate::transaction::HookedTransactionManager;
 use crate::HookedConnection;
 
@@ -88,7 +88,9 @@ where
         E: From<Error> + Retryable + std::fmt::Display,
     {
         let options = &self.options;
-        with_retry(self.conn, &self.retry, |conn| run_once(conn, options, &mut f))
+        with_retry(self.conn, &self.retry, |conn| {
+            run_once(conn, options, &mut f)
+        })
     }
 }
 
@@ -182,7 +184,9 @@ mod pg {
         ///     })
         /// # }
         /// ```
-        pub fn build_transaction(&mut self) -> TransactionBuilder<'_, PgConnection, PgTransactionOptions> {
+        pub fn build_transaction(
+            &mut self,
+        ) -> TransactionBuilder<'_, PgConnection, PgTransactionOptions> {
             TransactionBuilder::new(self, PgTransactionOptions::default())
         }
     }
@@ -255,9 +259,15 @@ mod mysql {
             let mut sql = String::new();
             if let Some(level) = self.isolation {
                 sql.push_str(match level {
-                    IsolationLevel::ReadCommitted => "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; ",
-                    IsolationLevel::RepeatableRead => "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; ",
-                    IsolationLevel::Serializable => "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE; ",
+                    IsolationLevel::ReadCommitted => {
+                        "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; "
+                    }
+                    IsolationLevel::RepeatableRead => {
+                        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; "
+                    }
+                    IsolationLevel::Serializable => {
+                        "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE; "
+                    }
                 });
             }
             sql.push_str("START TRANSACTION");

@@ -19,9 +19,9 @@ use diesel::query_dsl::UpdateAndFetchResults;
 use diesel::result::{ConnectionResult, QueryResult};
 
 use crate::hook::{HookPanics, OutsideTransaction};
+use crate::queue::HookQueue;
 use crate::testing::CaptureState;
 use crate::transaction::{AbortCause, HookedTransactionManager};
-use crate::queue::HookQueue;
 
 /// A Diesel connection that runs transaction hooks: [`on_commit`] after the
 /// outermost COMMIT, [`on_rollback`] after a rollback, [`before_commit`] just

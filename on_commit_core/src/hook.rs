@@ -194,6 +194,7 @@ pub(crate) struct Entry<C: diesel::Connection> {
 /// Wraps a user closure so that its return value is reported under the label
 /// it is called with. The wrapper closure has the size of `f`: boxing it
 /// allocates only when `f` captures something.
+#[inline]
 pub(crate) fn plain<F, R>(f: F) -> PlainFn
 where
     F: FnOnce() -> R + Send + 'static,
@@ -202,6 +203,7 @@ where
     Box::new(move |label: &HookLabel| f().__report(label))
 }
 
+#[inline]
 pub(crate) fn with<C, F, R>(f: F) -> WithFn<C>
 where
     C: diesel::Connection,
@@ -258,6 +260,7 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> &str {
 }
 
 /// Runs a hook that receives nothing, isolating its panic.
+#[inline]
 pub(crate) fn run_plain(f: PlainFn, label: &HookLabel, panics: &mut FirstPanic) {
     if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| f(label))) {
         panics.record(*label, payload);
@@ -265,6 +268,7 @@ pub(crate) fn run_plain(f: PlainFn, label: &HookLabel, panics: &mut FirstPanic) 
 }
 
 /// Runs an `on_commit_robust` hook: a panic is logged and never resumed.
+#[inline]
 pub(crate) fn run_robust(f: PlainFn, label: &HookLabel) {
     if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| f(label))) {
         tracing::error!(
@@ -276,6 +280,7 @@ pub(crate) fn run_robust(f: PlainFn, label: &HookLabel) {
 }
 
 /// Runs one `on_commit`-kind hook with the connection.
+#[inline]
 pub(crate) fn run_commit_hook<C: diesel::Connection>(
     conn: &mut HookedConnection<C>,
     hook: CommitHook<C>,

@@ -31,15 +31,15 @@ mod retry;
 mod testing;
 mod transaction;
 
-pub use crate::connection::HookedConnection;
-pub use crate::hook::{HookLabel, HookPanics, HookResult, OutsideTransaction};
-pub use crate::builder::{BeginStatement, IsolationLevel, NoRetry, TransactionBuilder};
 #[cfg(feature = "mysql")]
 pub use crate::builder::MysqlTransactionOptions;
 #[cfg(feature = "postgres")]
 pub use crate::builder::PgTransactionOptions;
 #[cfg(feature = "sqlite")]
 pub use crate::builder::SqliteTransactionMode;
+pub use crate::builder::{BeginStatement, IsolationLevel, NoRetry, TransactionBuilder};
+pub use crate::connection::HookedConnection;
+pub use crate::hook::{HookLabel, HookPanics, HookResult, OutsideTransaction};
 pub use crate::register::TransactionHooks;
 pub use crate::retry::{is_retryable, RetryPolicy, Retryable};
 pub use crate::testing::{Capture, CapturedHooks};

@@ -36,10 +36,12 @@ impl<C: diesel::Connection> HookQueue<C> {
         }
     }
 
+    #[inline]
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
+    #[inline]
     pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -47,6 +49,9 @@ impl<C: diesel::Connection> HookQueue<C> {
     /// Appends `entry` to level `level`. Every queued hook belongs to a level
     /// `<= level` (the caller passes the current user depth), so order is
     /// registration order within the level and across levels.
+    // Inlined into every registration: it is the whole of a hook's
+    // queueing cost (benches/, BENCHMARKS.md).
+    #[inline(always)]
     pub(crate) fn push(&mut self, level: u32, entry: Entry<C>) {
         debug_assert!(level >= 1);
         match self.starts.last() {

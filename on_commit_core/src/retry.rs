@@ -157,7 +157,10 @@ where
             .is_some_and(|deadline| started.elapsed() >= deadline);
         if !retryable || n >= policy.attempts || out_of_time {
             if retryable {
-                tracing::warn!(attempt = n, "transaction failed again, not retrying: {error}");
+                tracing::warn!(
+                    attempt = n,
+                    "transaction failed again, not retrying: {error}"
+                );
             }
             return Err(error);
         }
@@ -202,7 +205,11 @@ impl<C: Connection> HookedConnection<C> {
     /// assert_eq!(value, 1);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn transaction_with_retry<T, E, F>(&mut self, policy: &RetryPolicy, mut f: F) -> Result<T, E>
+    pub fn transaction_with_retry<T, E, F>(
+        &mut self,
+        policy: &RetryPolicy,
+        mut f: F,
+    ) -> Result<T, E>
     where
         F: FnMut(&mut Self) -> Result<T, E>,
         E: From<Error> + Retryable + std::fmt::Display,

@@ -466,7 +466,9 @@ impl<C: Connection> HookedTransactionManager<C> {
                 )),
             ),
         };
-        tracing::debug!("transaction aborted by an earlier error; rolling back instead of committing: {error}");
+        tracing::debug!(
+            "transaction aborted by an earlier error; rolling back instead of committing: {error}"
+        );
         let _ = Self::roll_back_level(conn, conn.state.levels);
         error
     }
