@@ -50,15 +50,17 @@ fn roll_back_to<C: Connection>(conn: &mut C, target: u32) -> Result<(), Error> {
 /// `body` when a user transaction is open (a test transaction does not
 /// count).
 ///
-/// `R` is the `#[atomic]` function's return type, spelled out on the
-/// closure; the `R: AtomicReturn` bound is where a wrong return type is
-/// reported, in the user's terms.
+/// `R` is the `#[atomic]` function's return type, given by the macro in a
+/// turbofish spanned on the user's return type: a wrong one is reported
+/// there, by `AtomicReturn` (not a `Result`) or `AtomicError` (an error type
+/// Diesel's errors do not convert into), in the user's terms.
 #[doc(hidden)]
-pub fn atomic<C, R, F>(conn: &mut C, durable: bool, body: F) -> R
+pub fn atomic<C, R, E, F>(conn: &mut C, durable: bool, body: F) -> R
 where
     C: Connection,
     F: FnOnce(&mut C) -> R,
-    R: AtomicReturn,
+    R: AtomicReturn<Err = E>,
+    E: AtomicError,
 {
     R::__from_result(run(conn, durable, |conn| body(conn).__into_result()))
 }
@@ -103,8 +105,9 @@ where
     }
 }
 
-/// The return type of an `#[atomic]` function: `Result<T, E>` with
-/// `E: From<diesel::result::Error>`.
+/// The return type of an `#[atomic]` function: `Result<T, E>`. (That `E`
+/// converts from Diesel's errors is [`AtomicError`]'s check, so that each
+/// mistake gets its own message.)
 #[doc(hidden)]
 #[diagnostic::on_unimplemented(
     message = "`#[atomic]` functions must return `Result<T, E>` with `E: From<diesel::result::Error>`, not `{Self}`",
@@ -115,14 +118,14 @@ pub trait AtomicReturn: Sized {
     /// The `T` of `Result<T, E>`.
     type Ok;
     /// The `E` of `Result<T, E>`.
-    type Err: From<Error>;
+    type Err;
     /// `self` as the `Result` it is.
     fn __into_result(self) -> Result<Self::Ok, Self::Err>;
     /// Back from the `Result`.
     fn __from_result(result: Result<Self::Ok, Self::Err>) -> Self;
 }
 
-impl<T, E: From<Error>> AtomicReturn for Result<T, E> {
+impl<T, E> AtomicReturn for Result<T, E> {
     type Ok = T;
     type Err = E;
     #[inline]
@@ -134,3 +137,16 @@ impl<T, E: From<Error>> AtomicReturn for Result<T, E> {
         result
     }
 }
+
+/// The error type of an `#[atomic]` function: one that Diesel's errors
+/// convert into (the transaction's own failures, `BEGIN` or `COMMIT`, are
+/// returned through it).
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`#[atomic]` functions must return `Result<T, E>` with `E: From<diesel::result::Error>`; `{Self}` does not implement `From<diesel::result::Error>`",
+    label = "Diesel's errors cannot be converted into `{Self}`",
+    note = "add `impl From<diesel::result::Error> for {Self}` (with thiserror: a variant `Db(#[from] diesel::result::Error)`), or return `diesel::QueryResult<T>`"
+)]
+pub trait AtomicError: From<Error> {}
+
+impl<E: From<Error>> AtomicError for E {}
