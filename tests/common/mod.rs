@@ -72,16 +72,20 @@ pub fn mysql_url() -> String {
 #[cfg(feature = "postgres")]
 pub fn pg() -> HookedConnection<PgConnection> {
     let url = pg_url();
-    HookedConnection::<PgConnection>::establish(&url)
-        .unwrap_or_else(|e| panic!("cannot connect to PostgreSQL at {url}: {e}. Is it running? `bash .ci/run` starts it."))
+    HookedConnection::<PgConnection>::establish(&url).unwrap_or_else(|e| {
+        panic!(
+            "cannot connect to PostgreSQL at {url}: {e}. Is it running? `bash .ci/run` starts it."
+        )
+    })
 }
 
 /// A wrapped MySQL connection.
 #[cfg(feature = "mysql")]
 pub fn mysql() -> HookedConnection<MysqlConnection> {
     let url = mysql_url();
-    HookedConnection::<MysqlConnection>::establish(&url)
-        .unwrap_or_else(|e| panic!("cannot connect to MySQL at {url}: {e}. Is it running? `bash .ci/run` starts it."))
+    HookedConnection::<MysqlConnection>::establish(&url).unwrap_or_else(|e| {
+        panic!("cannot connect to MySQL at {url}: {e}. Is it running? `bash .ci/run` starts it.")
+    })
 }
 
 /// A table name unique to this test process and call site, so tests that run
@@ -89,7 +93,11 @@ pub fn mysql() -> HookedConnection<MysqlConnection> {
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Runs `f` with a `tracing` subscriber that records every event, and
@@ -133,5 +141,158 @@ pub fn expect_panic<T>(f: impl FnOnce() -> T) -> String {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(_) => panic!("expected a panic"),
         Err(p) => panic_text(&*p),
+    }
+}
+
+/// A PostgreSQL schema of one test's own, so tests that run in parallel on
+/// the shared database cannot see each other's tables (or types). Every
+/// connection made from it (`conn`, `plain`, `url` for pools) has its
+/// `search_path` set to the schema. Dropped with everything in it when the
+/// guard goes out of scope (declare it first, so connections close before).
+#[cfg(feature = "postgres")]
+pub struct PgSchema {
+    pub name: String,
+    url: String,
+}
+
+#[cfg(feature = "postgres")]
+impl PgSchema {
+    pub fn new() -> Self {
+        let name = unique("t");
+        let base = pg_url();
+        let mut admin = PgConnection::establish(&base).unwrap_or_else(|e| {
+            panic!("cannot connect to PostgreSQL at {base}: {e}. Is it running? `bash .ci/run` starts it.")
+        });
+        diesel::connection::SimpleConnection::batch_execute(
+            &mut admin,
+            &format!("CREATE SCHEMA {name}"),
+        )
+        .expect("CREATE SCHEMA");
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}options=-csearch_path%3D{name}");
+        Self { name, url }
+    }
+
+    /// A URL whose connections use this schema (for pools).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A wrapped connection that uses this schema.
+    pub fn conn(&self) -> HookedConnection<PgConnection> {
+        HookedConnection::<PgConnection>::establish(&self.url)
+            .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", self.url))
+    }
+
+    /// A plain Diesel connection that uses this schema (an observer, or
+    /// the baseline of what plain Diesel does).
+    pub fn plain(&self) -> PgConnection {
+        PgConnection::establish(&self.url)
+            .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", self.url))
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let sql = format!(
+            "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS {} CASCADE",
+            self.name
+        );
+        let result = PgConnection::establish(&pg_url())
+            .map_err(|e| e.to_string())
+            .and_then(|mut c| {
+                diesel::connection::SimpleConnection::batch_execute(&mut c, &sql)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = result {
+            eprintln!("could not drop schema {}: {e}", self.name);
+        }
+    }
+}
+
+/// A MySQL/MariaDB database of one test's own (MySQL's schemas are
+/// databases), so tests that run in parallel cannot see each other's
+/// tables. Dropped when the guard goes out of scope (declare it first).
+#[cfg(feature = "mysql")]
+pub struct MysqlDb {
+    pub name: String,
+    url: String,
+}
+
+#[cfg(feature = "mysql")]
+impl MysqlDb {
+    pub fn new() -> Self {
+        let name = unique("t");
+        let base = mysql_url();
+        let mut admin = MysqlConnection::establish(&base).unwrap_or_else(|e| {
+            panic!(
+                "cannot connect to MySQL at {base}: {e}. Is it running? `bash .ci/run` starts it."
+            )
+        });
+        diesel::connection::SimpleConnection::batch_execute(
+            &mut admin,
+            &format!("CREATE DATABASE {name}"),
+        )
+        .expect("CREATE DATABASE");
+        let (path, query) = match base.split_once('?') {
+            Some((path, query)) => (path, format!("?{query}")),
+            None => (base.as_str(), String::new()),
+        };
+        let (server, _database) = path
+            .rsplit_once('/')
+            .filter(|(server, _)| server.contains("://"))
+            .unwrap_or((path, ""));
+        let url = format!("{server}/{name}{query}");
+        Self { name, url }
+    }
+
+    /// A URL whose connections use this database (for pools).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A wrapped connection to this database.
+    pub fn conn(&self) -> HookedConnection<MysqlConnection> {
+        HookedConnection::<MysqlConnection>::establish(&self.url)
+            .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", self.url))
+    }
+
+    /// A plain Diesel connection to this database.
+    pub fn plain(&self) -> MysqlConnection {
+        MysqlConnection::establish(&self.url)
+            .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", self.url))
+    }
+}
+
+#[cfg(feature = "mysql")]
+impl Drop for MysqlDb {
+    fn drop(&mut self) {
+        let sql = format!(
+            "SET SESSION lock_wait_timeout = 10; DROP DATABASE IF EXISTS {}",
+            self.name
+        );
+        let result = MysqlConnection::establish(&mysql_url())
+            .map_err(|e| e.to_string())
+            .and_then(|mut c| {
+                diesel::connection::SimpleConnection::batch_execute(&mut c, &sql)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = result {
+            eprintln!("could not drop database {}: {e}", self.name);
+        }
+    }
+}
+
+/// A hook that sends `s` on `tx`: for hooks that run on another thread
+/// (a pool dropping a connection in the background), so the test can wait
+/// for them with `recv_timeout` instead of sleeping.
+pub fn signal(
+    tx: &std::sync::mpsc::Sender<&'static str>,
+    s: &'static str,
+) -> impl FnOnce() + Send + 'static {
+    let tx = tx.clone();
+    move || {
+        let _ = tx.send(s);
     }
 }

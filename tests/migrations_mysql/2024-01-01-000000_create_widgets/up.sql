@@ -1,0 +1,4 @@
+CREATE TABLE widgets (
+    id INTEGER AUTO_INCREMENT PRIMARY KEY,
+    name TEXT NOT NULL
+);

@@ -1,0 +1,1 @@
+ALTER TABLE widgets ADD COLUMN colour VARCHAR(32) NOT NULL DEFAULT 'grey';

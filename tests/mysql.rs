@@ -1,0 +1,853 @@
+//! MySQL / MariaDB: the rules of SPEC.md where backends differ, on a real
+//! server.
+//!
+//! Needs `MYSQL_DATABASE_URL` (see `tests/common/mod.rs`); `bash .ci/run`
+//! starts the server and sets it. Each test works in a database of its own
+//! (`MysqlDb`), so the tests can run in parallel on one server. MySQL has no
+//! deferred constraints and no `RETURNING`, and a failed statement does not
+//! abort the transaction (unlike PostgreSQL); a deadlock does, and Diesel
+//! reports it as `SerializationFailure`.
+#![cfg(feature = "mysql")]
+
+mod common;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use common::{expect_panic, panic_text, Log, MysqlDb};
+use diesel::connection::{
+    DefaultLoadingMode, LoadConnection, SimpleConnection, TransactionManager,
+};
+use diesel::mysql::Mysql;
+use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error};
+use diesel_on_commit::HookedConnection;
+
+type DbConn = HookedConnection<MysqlConnection>;
+
+diesel::table! {
+    items (id) {
+        id -> Integer,
+        name -> Text,
+    }
+}
+
+const CREATE_ITEMS: &str =
+    "CREATE TABLE items (id INTEGER PRIMARY KEY, name VARCHAR(255) NOT NULL) ENGINE=InnoDB";
+
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Queryable,
+    QueryableByName,
+    Selectable,
+    Insertable,
+    Identifiable,
+    AsChangeset,
+)]
+#[diesel(table_name = items)]
+struct Item {
+    id: i32,
+    name: String,
+}
+
+impl Item {
+    fn new(id: i32) -> Self {
+        Self {
+            id,
+            name: format!("item {id}"),
+        }
+    }
+}
+
+fn insert<C: Connection<Backend = Mysql>>(conn: &mut C, id: i32) -> QueryResult<usize> {
+    diesel::insert_into(items::table)
+        .values(Item::new(id))
+        .execute(conn)
+}
+
+fn ids<C: Connection<Backend = Mysql> + LoadConnection>(conn: &mut C) -> Vec<i32> {
+    items::table
+        .select(items::id)
+        .order(items::id)
+        .load(conn)
+        .expect("SELECT id FROM items")
+}
+
+fn connection_id<C: Connection<Backend = Mysql> + LoadConnection>(conn: &mut C) -> u64 {
+    diesel::select(diesel::dsl::sql::<
+        diesel::sql_types::Unsigned<diesel::sql_types::BigInt>,
+    >("CONNECTION_ID()"))
+    .get_result(conn)
+    .expect("SELECT CONNECTION_ID()")
+}
+
+fn kind_and_message(error: &Error) -> (DatabaseErrorKind, String) {
+    match error {
+        Error::DatabaseError(kind, info) => (*kind, info.message().to_owned()),
+        other => panic!("expected a database error, got {other:?}"),
+    }
+}
+
+/// Kills connection `id` from another connection and waits until the server
+/// no longer lists it.
+fn kill(killer: &mut MysqlConnection, id: u64) {
+    killer.batch_execute(&format!("KILL {id}")).expect("KILL");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(&format!(
+            "(SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = {id})"
+        )))
+        .get_result(killer)
+        .expect("PROCESSLIST");
+        if listed == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "connection {id} still listed 20s after KILL"
+        );
+        std::thread::sleep(Duration::from_millis(20)); // polling the server's state
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Rules 3, 4, 5.4, 13: levels follow savepoints on a real server.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn savepoint_release_merges_hooks_into_the_enclosing_level() {
+    let db = MysqlDb::new();
+    let mut conn = db.conn();
+    conn.batch_execute(CREATE_ITEMS).unwrap();
+    let log = Log::new();
+    conn.transaction(|c| {
+        insert(c, 1)?;
+        c.on_commit(log.hook("outer, before"));
+        c.transaction(|c| {
+            insert(c, 2)?;
+            c.on_commit(log.hook("savepoint"));
+            c.on_rollback(log.hook("savepoint rolled back"));
+            c.transaction(|c| {
+                c.on_commit(log.hook("nested savepoint"));
+                Ok::<_, Error>(())
+            })
+        })?;
+        assert_eq!(
+            log.get(),
+            Vec::<String>::new(),
+            "a RELEASE SAVEPOINT ran hooks"
+        );
+        c.on_commit(log.hook("outer, after"));
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+    assert_eq!(
+        log.take(),
+        [
+            "outer, before",
+            "savepoint",
+            "nested savepoint",
+            "outer, after"
+        ]
+    );
+    assert_eq!(ids(&mut db.plain()), [1, 2]);
+}
+
+#[test]
+fn savepoint_rollback_discards_its_hooks_and_runs_on_rollback() {
+    let db = MysqlDb::new();
+    let mut conn = db.conn();
+    conn.batch_execute(CREATE_ITEMS).unwrap();
+    let log = Log::new();
+    conn.transaction(|c| {
+        insert(c, 1)?;
+        c.on_commit(log.hook("outer"));
+        c.on_rollback(log.hook("outer rolled back"));
+        let inner = c.transaction(|c| {
+            insert(c, 2)?;
+            c.on_commit(log.hook("savepoint"));
+            c.on_rollback(log.hook("savepoint rolled back"));
+            c.transaction(|c| {
+                c.on_commit(log.hook("released into the savepoint"));
+                c.on_rollback(log.hook("released savepoint rolled back"));
+                Ok::<_, Error>(())
+            })?;
+            Err::<(), _>(Error::RollbackTransaction)
+        });
+        assert!(
+            matches!(inner, Err(Error::RollbackTransaction)),
+            "{inner:?}"
+        );
+        assert_eq!(
+            log.take(),
+            ["savepoint rolled back", "released savepoint rolled back"]
+        );
+        assert_eq!(ids(c), [1], "ROLLBACK TO SAVEPOINT undid its insert");
+        // A statement error propagated out of a savepoint rolls it back too.
+        let failed = c.transaction(|c| {
+            c.on_commit(log.hook("failed savepoint"));
+            c.on_rollback(log.hook("failed savepoint rolled back"));
+            insert(c, 3)?;
+            insert(c, 1) // duplicate key
+        });
+        assert_eq!(
+            kind_and_message(&failed.unwrap_err()).0,
+            DatabaseErrorKind::UniqueViolation
+        );
+        assert_eq!(log.take(), ["failed savepoint rolled back"]);
+        c.on_commit(log.hook("outer, after"));
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+    assert_eq!(log.take(), ["outer", "outer, after"]);
+    assert_eq!(ids(&mut db.plain()), [1]);
+}
+
+#[test]
+fn outermost_commit_fires_hooks_in_registration_order_after_commit() {
+    let db = MysqlDb::new();
+    let mut conn = db.conn();
+    conn.batch_execute(CREATE_ITEMS).unwrap();
+    let log = Log::new();
+    let mut observer = db.plain();
+    conn.transaction(|c| {
+        insert(c, 1)?;
+        c.on_commit(log.hook("plain"));
+        c.transaction(|c| {
+            insert(c, 2)?;
+            let with_log = log.clone();
+            c.on_commit_with(move |c: &mut DbConn| -> QueryResult<()> {
+                let log = with_log;
+                log.push(format!("with, in_transaction = {}", c.in_transaction()));
+                let inner_log = log.clone();
+                c.transaction(|c| {
+                    insert(c, 3)?;
+                    c.on_commit(move || inner_log.push("hook's own transaction"));
+                    Ok::<_, Error>(())
+                })?;
+                log.push("with, end");
+                Ok(())
+            });
+            c.transaction(|c| {
+                c.on_commit_robust(log.hook("robust"));
+                Ok::<_, Error>(())
+            })
+        })?;
+        let log = log.clone();
+        c.on_commit(move || log.push(format!("observer sees {:?}", ids(&mut observer))));
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+    assert_eq!(
+        log.take(),
+        [
+            "plain",
+            "with, in_transaction = false",
+            "hook's own transaction",
+            "with, end",
+            "robust",
+            "observer sees [1, 2, 3]",
+        ]
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Rule 5.3 on MySQL: a statement error does not abort the transaction; a
+// deadlock does.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn swallowed_statement_error_does_not_abort_a_mysql_transaction() {
+    // Unlike PostgreSQL, MySQL only undoes the failed statement: the
+    // transaction commits and its hooks fire.
+    let db = MysqlDb::new();
+    let mut conn = db.conn();
+    conn.batch_execute(CREATE_ITEMS).unwrap();
+    insert(&mut conn, 1).unwrap();
+    let log = Log::new();
+    conn.transaction(|c| {
+        c.on_commit(log.hook("committed"));
+        c.on_rollback(log.hook("rolled back"));
+        insert(c, 2)?;
+        let swallowed = insert(c, 1).expect_err("duplicate key");
+        assert_eq!(
+            kind_and_message(&swallowed).0,
+            DatabaseErrorKind::UniqueViolation
+        );
+        insert(c, 3)?;
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+    assert_eq!(log.take(), ["committed"]);
+    assert_eq!(ids(&mut db.plain()), [1, 2, 3]);
+}
+
+struct Transfer {
+    second_update: QueryResult<usize>,
+    result: QueryResult<()>,
+    hooks: Vec<String>,
+}
+
+/// Where the second, deadlocking update runs.
+#[derive(Clone, Copy)]
+enum Second {
+    /// In the transaction itself; its error is swallowed.
+    Swallowed,
+    /// In a savepoint that propagates the error with `?`; the enclosing
+    /// transaction swallows the savepoint's error and goes on.
+    InSavepoint,
+}
+
+/// Updates row `first`, waits for the other thread to have updated its
+/// first row, then updates row `second` (see [`Second`]).
+fn transfer(db: &MysqlDb, barrier: &Barrier, first: i32, second: i32, how: Second) -> Transfer {
+    let mut conn = db.conn();
+    let log = Log::new();
+    let mut second_update = None;
+    let bump = |c: &mut DbConn, id: i32| {
+        diesel::sql_query("UPDATE accounts SET balance = balance + 1 WHERE id = ?")
+            .bind::<diesel::sql_types::Integer, _>(id)
+            .execute(c)
+    };
+    let result = conn.transaction(|c| {
+        c.on_commit(log.hook("committed"));
+        c.on_rollback(log.hook("rolled back"));
+        bump(c, first)?;
+        barrier.wait();
+        second_update = Some(match how {
+            Second::Swallowed => bump(c, second),
+            Second::InSavepoint => c.transaction(|c| {
+                c.on_commit(log.hook("savepoint committed"));
+                c.on_rollback(log.hook("savepoint rolled back"));
+                bump(c, second)
+            }),
+        });
+        Ok::<_, Error>(())
+    });
+    Transfer {
+        second_update: second_update.expect("the body ran to its end"),
+        result,
+        hooks: log.take(),
+    }
+}
+
+/// Two transactions lock two rows in opposite orders: InnoDB detects the
+/// deadlock at once and rolls one of them back entirely. Returns the victim
+/// and the winner, after checking the database kept only the winner's work.
+fn deadlock(how: Second) -> (Transfer, Transfer) {
+    let db = MysqlDb::new();
+    db.plain()
+        .batch_execute(
+            "CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance INTEGER NOT NULL) ENGINE=InnoDB;
+             INSERT INTO accounts VALUES (1, 0), (2, 0);",
+        )
+        .unwrap();
+    let barrier = Barrier::new(2);
+    let [a, b] = std::thread::scope(|s| {
+        let a = s.spawn(|| transfer(&db, &barrier, 1, 2, how));
+        let b = s.spawn(|| transfer(&db, &barrier, 2, 1, how));
+        [a.join().unwrap(), b.join().unwrap()]
+    });
+    let (victim, winner) = match (&a.second_update, &b.second_update) {
+        (Err(_), Ok(_)) => (a, b),
+        (Ok(_), Err(_)) => (b, a),
+        other => panic!("expected exactly one deadlock victim, got {other:?}"),
+    };
+    let balances: Vec<(i32, i32)> =
+        diesel::sql_query("SELECT id AS n, balance AS m FROM accounts ORDER BY id")
+            .load::<Pair>(&mut db.plain())
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.n, p.m))
+            .collect();
+    assert_eq!(
+        balances,
+        [(1, 1), (2, 1)],
+        "only the winner's two updates committed"
+    );
+    (victim, winner)
+}
+
+#[test]
+fn swallowed_deadlock_fails_the_commit_as_serialization_failure() {
+    // The victim's body swallows the deadlock; the wrapper must not report
+    // Ok, and must say SerializationFailure so that callers retry.
+    let (victim, winner) = deadlock(Second::Swallowed);
+    let deadlock = kind_and_message(victim.second_update.as_ref().unwrap_err());
+    assert_eq!(
+        deadlock.0,
+        DatabaseErrorKind::SerializationFailure,
+        "{deadlock:?}"
+    );
+    let error = victim
+        .result
+        .expect_err("transaction() returned Ok for a transaction InnoDB rolled back");
+    assert_eq!(kind_and_message(&error), deadlock);
+    assert_eq!(victim.hooks, ["rolled back"]);
+    assert!(winner.result.is_ok(), "{:?}", winner.result);
+    assert_eq!(winner.hooks, ["committed"]);
+}
+
+#[test]
+fn deadlock_in_a_savepoint_fails_the_outermost_commit_even_when_swallowed() {
+    // InnoDB rolls back the whole transaction, not just the savepoint: the
+    // enclosing transaction that swallows the savepoint's error must not
+    // commit (rule 5.3), and no on_commit hook of either level runs.
+    let (victim, winner) = deadlock(Second::InSavepoint);
+    let deadlock = kind_and_message(victim.second_update.as_ref().unwrap_err());
+    assert_eq!(
+        deadlock.0,
+        DatabaseErrorKind::SerializationFailure,
+        "{deadlock:?}"
+    );
+    assert!(
+        victim.result.is_err(),
+        "transaction() returned Ok for a transaction InnoDB rolled back"
+    );
+    assert_eq!(victim.hooks, ["savepoint rolled back", "rolled back"]);
+    assert!(winner.result.is_ok(), "{:?}", winner.result);
+    assert_eq!(winner.hooks, ["committed", "savepoint committed"]);
+}
+
+#[test]
+fn deadlock_in_a_savepoint_is_reported_as_serialization_failure_when_swallowed() {
+    // Rule 5.3: the error that aborted the transaction passed through the
+    // wrapper, so the outermost commit must return its kind and message
+    // (a swallowed serialization failure can still be retried).
+    let (victim, _winner) = deadlock(Second::InSavepoint);
+    let deadlock = kind_and_message(victim.second_update.as_ref().unwrap_err());
+    let error = victim
+        .result
+        .expect_err("the victim's transaction must fail");
+    assert_eq!(kind_and_message(&error), deadlock);
+}
+
+#[derive(QueryableByName)]
+struct Pair {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    n: i32,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    m: i32,
+}
+
+// ---------------------------------------------------------------------------
+// Rule 9: the connection is killed with a transaction open.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn killed_connection_fails_the_commit_runs_on_rollback_and_reports_broken() {
+    let db = MysqlDb::new();
+    let mut conn = db.conn();
+    let mut killer = db.plain();
+    conn.batch_execute(CREATE_ITEMS).unwrap();
+    let id = connection_id(&mut conn);
+    let log = Log::new();
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        conn.transaction(|c| {
+            insert(c, 1)?;
+            c.on_commit(log.hook("committed"));
+            c.on_rollback(log.hook("rolled back"));
+            kill(&mut killer, id);
+            Ok::<_, Error>(())
+        })
+    }))
+    .unwrap_or_else(|p| panic!("the wrapper panicked: {}", panic_text(&*p)));
+    assert!(result.is_err(), "COMMIT on a killed connection returned Ok");
+    assert_eq!(log.take(), ["rolled back"]);
+    assert!(!conn.in_transaction());
+    #[cfg(feature = "r2d2")]
+    assert!(
+        diesel::r2d2::R2D2Connection::is_broken(&mut conn),
+        "a pool must not reuse this connection"
+    );
+    assert!(
+        <DbConn as Connection>::TransactionManager::is_broken_transaction_manager(&mut conn),
+        "deadpool's recycle check must not reuse this connection"
+    );
+    conn.on_commit(log.hook("late on_commit"));
+    conn.on_rollback(log.hook("late on_rollback"));
+    assert_eq!(log.take(), ["late on_rollback"]);
+    let again = catch_unwind(AssertUnwindSafe(|| {
+        conn.transaction(|c| {
+            c.on_commit(log.hook("never"));
+            Ok::<_, Error>(())
+        })
+    }))
+    .unwrap_or_else(|p| panic!("the wrapper panicked: {}", panic_text(&*p)));
+    assert!(
+        again.is_err(),
+        "a transaction on a killed connection returned Ok"
+    );
+    assert!(log.take().is_empty());
+    assert_eq!(ids(&mut db.plain()), Vec::<i32>::new());
+}
+
+#[test]
+fn killed_connection_inside_a_savepoint_runs_every_levels_on_rollback() {
+    let db = MysqlDb::new();
+    let mut conn = db.conn();
+    let mut killer = db.plain();
+    conn.batch_execute(CREATE_ITEMS).unwrap();
+    let id = connection_id(&mut conn);
+    let log = Log::new();
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        conn.transaction(|c| {
+            insert(c, 1)?;
+            c.on_commit(log.hook("outer committed"));
+            c.on_rollback(log.hook("outer rolled back"));
+            let inner = c.transaction(|c| {
+                c.on_commit(log.hook("savepoint committed"));
+                c.on_rollback(log.hook("savepoint rolled back"));
+                kill(&mut killer, id);
+                let _ = insert(c, 2); // fails: the connection is gone; swallowed
+                Ok::<_, Error>(())
+            });
+            assert!(inner.is_err(), "RELEASE on a killed connection returned Ok");
+            Ok::<_, Error>(())
+        })
+    }))
+    .unwrap_or_else(|p| panic!("the wrapper panicked: {}", panic_text(&*p)));
+    assert!(result.is_err(), "COMMIT on a killed connection returned Ok");
+    assert_eq!(log.take(), ["outer rolled back", "savepoint rolled back"]);
+    #[cfg(feature = "r2d2")]
+    assert!(diesel::r2d2::R2D2Connection::is_broken(&mut conn));
+    assert!(<DbConn as Connection>::TransactionManager::is_broken_transaction_manager(&mut conn));
+    conn.on_commit(log.hook("late on_commit"));
+    conn.on_rollback(log.hook("late on_rollback"));
+    assert_eq!(log.take(), ["late on_rollback"]);
+    assert_eq!(ids(&mut db.plain()), Vec::<i32>::new());
+}
+
+#[test]
+fn killed_connection_inside_a_savepoint_leaves_no_transaction_open() {
+    // Rule 9: on a lost connection every level is discarded, and once the
+    // outermost `transaction()` has returned no user transaction is open.
+    // Diesel's MySQL manager keeps depth 2 after the failed RELEASE, and
+    // `in_transaction()` reports that stale depth although the wrapper's
+    // own levels are 0.
+    let db = MysqlDb::new();
+    let mut conn = db.conn();
+    let mut killer = db.plain();
+    let id = connection_id(&mut conn);
+    let result = conn.transaction(|c| {
+        let _ = c.transaction(|c| {
+            kill(&mut killer, id);
+            let _ = c.batch_execute("SELECT 1"); // fails: the connection is gone
+            Ok::<_, Error>(())
+        });
+        Ok::<_, Error>(())
+    });
+    assert!(result.is_err());
+    assert!(
+        !conn.in_transaction(),
+        "no user transaction can be open after transaction() returned"
+    );
+}
+
+#[test]
+fn panic_in_the_body_rolls_back_and_the_next_transaction_is_a_real_one() {
+    // Rule 7: Diesel alone would leave the transaction open, and the next
+    // `transaction()` would silently be a savepoint that never commits.
+    let db = MysqlDb::new();
+    let mut conn = db.conn();
+    conn.batch_execute(CREATE_ITEMS).unwrap();
+    let log = Log::new();
+    let message = expect_panic(|| {
+        conn.transaction(|c| -> QueryResult<()> {
+            insert(c, 1)?;
+            c.on_commit(log.hook("never"));
+            c.on_rollback(log.hook("rolled back"));
+            panic!("boom in the body")
+        })
+    });
+    assert_eq!(message, "boom in the body");
+    assert_eq!(log.take(), ["rolled back"]);
+    assert!(!conn.in_transaction());
+    conn.transaction(|c| {
+        insert(c, 2)?;
+        c.on_commit(log.hook("next"));
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+    assert_eq!(log.take(), ["next"]);
+    assert_eq!(
+        ids(&mut db.plain()),
+        [2],
+        "the next transaction really committed"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Rule 8: a transaction the wrapper did not open.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn registering_in_a_transaction_begun_on_the_inner_connection_panics() {
+    let db = MysqlDb::new();
+    let mut conn = db.conn();
+    let log = Log::new();
+    type InnerTm = <MysqlConnection as Connection>::TransactionManager;
+    InnerTm::begin_transaction(conn.inner_mut()).unwrap();
+    let message = expect_panic(|| conn.on_commit(log.hook("on_commit")));
+    assert!(
+        message.contains("did not open"),
+        "the panic should say the wrapper did not open the transaction: {message}"
+    );
+    let message = expect_panic(|| conn.on_rollback(log.hook("on_rollback")));
+    assert!(message.contains("did not open"), "{message}");
+    InnerTm::rollback_transaction(conn.inner_mut()).unwrap();
+    assert!(log.take().is_empty());
+    conn.transaction(|c| {
+        c.on_commit(log.hook("own transaction"));
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+    assert_eq!(log.take(), ["own transaction"]);
+}
+
+// ---------------------------------------------------------------------------
+// Rules 10 and 11: test transactions, drop.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn test_transaction_is_the_baseline_and_its_end_fires_nothing() {
+    let db = MysqlDb::new();
+    let mut conn = db.conn();
+    conn.batch_execute(CREATE_ITEMS).unwrap(); // DDL would commit a test transaction
+    let log = Log::new();
+    conn.test_transaction(|c| {
+        assert!(!c.in_transaction(), "a test transaction alone is d == 0");
+        c.on_commit(log.hook("at once"));
+        assert_eq!(log.take(), ["at once"], "rule 2 applies at the baseline");
+        c.on_rollback(log.hook("dropped at d == 0"));
+        c.transaction(|c| {
+            assert!(c.in_transaction());
+            insert(c, 1)?;
+            c.on_commit(log.hook("user commit"));
+            c.on_rollback(log.hook("never"));
+            Ok::<_, Error>(())
+        })?;
+        assert_eq!(log.take(), ["user commit"]);
+        let rolled_back = c.transaction(|c| {
+            insert(c, 2)?;
+            c.on_commit(log.hook("never"));
+            c.on_rollback(log.hook("user rollback"));
+            Err::<(), _>(Error::RollbackTransaction)
+        });
+        assert!(rolled_back.is_err());
+        assert_eq!(log.take(), ["user rollback"]);
+        assert_eq!(ids(c), [1]);
+        assert_eq!(
+            ids(&mut db.plain()),
+            Vec::<i32>::new(),
+            "the test transaction hides row 1"
+        );
+        Ok::<_, Error>(())
+    });
+    assert_eq!(
+        log.take(),
+        Vec::<String>::new(),
+        "nothing fires when the test transaction ends"
+    );
+    assert!(!conn.in_transaction());
+    assert_eq!(
+        ids(&mut conn),
+        Vec::<i32>::new(),
+        "the test transaction rolled back"
+    );
+    conn.transaction(|c| {
+        insert(c, 3)?;
+        c.on_commit(log.hook("real commit"));
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+    assert_eq!(log.take(), ["real commit"]);
+    assert_eq!(ids(&mut db.plain()), [3]);
+}
+
+#[test]
+fn begin_test_transaction_is_the_baseline_and_drop_runs_only_on_rollback() {
+    let db = MysqlDb::new();
+    let mut conn = db.conn();
+    conn.batch_execute(CREATE_ITEMS).unwrap();
+    let log = Log::new();
+    conn.begin_test_transaction().unwrap();
+    assert!(!conn.in_transaction());
+    conn.transaction(|c| {
+        insert(c, 1)?;
+        c.on_commit(log.hook("user commit"));
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+    assert_eq!(log.take(), ["user commit"]);
+    <DbConn as Connection>::TransactionManager::begin_transaction(&mut conn).unwrap();
+    insert(&mut conn, 2).unwrap();
+    conn.on_commit(log.hook("never"));
+    conn.on_rollback(log.hook("dropped mid-transaction"));
+    assert!(conn.in_transaction());
+    drop(conn);
+    assert_eq!(log.take(), ["dropped mid-transaction"]);
+    assert_eq!(ids(&mut db.plain()), Vec::<i32>::new());
+}
+
+// ---------------------------------------------------------------------------
+// Ordinary Diesel through the wrapper (no RETURNING on MySQL).
+// ---------------------------------------------------------------------------
+
+#[test]
+fn insert_batch_insert_load_load_iter_save_changes_and_sql_query_run_through_the_wrapper() {
+    let db = MysqlDb::new();
+    let mut conn = db.conn();
+    conn.batch_execute(CREATE_ITEMS).unwrap();
+    let log = Log::new();
+    conn.transaction(|c| {
+        assert_eq!(insert(c, 1)?, 1);
+        let batch = vec![Item::new(2), Item::new(3), Item::new(4)];
+        assert_eq!(
+            diesel::insert_into(items::table)
+                .values(&batch)
+                .execute(c)?,
+            3
+        );
+        let all: Vec<Item> = items::table
+            .order(items::id)
+            .select(Item::as_select())
+            .load(c)?;
+        assert_eq!(
+            all,
+            [Item::new(1), Item::new(2), Item::new(3), Item::new(4)]
+        );
+        let first: Item = items::table.order(items::id).first(c)?;
+        assert_eq!(first, Item::new(1));
+        let iterated: Vec<Item> = items::table
+            .order(items::id)
+            .load_iter::<Item, DefaultLoadingMode>(c)?
+            .collect::<QueryResult<_>>()?;
+        assert_eq!(iterated, all);
+        let changed = Item {
+            id: 2,
+            name: "renamed".into(),
+        };
+        let saved: Item = changed.save_changes(c)?;
+        assert_eq!(saved, changed);
+        let by_sql: Vec<Item> =
+            diesel::sql_query("SELECT id, name FROM items WHERE id > ? ORDER BY id")
+                .bind::<diesel::sql_types::Integer, _>(2)
+                .load(c)?;
+        assert_eq!(by_sql, [Item::new(3), Item::new(4)]);
+        assert_eq!(
+            diesel::sql_query("DELETE FROM items WHERE id = 4").execute(c)?,
+            1
+        );
+        c.on_commit(log.hook("committed"));
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+    assert_eq!(log.take(), ["committed"]);
+    assert_eq!(ids(&mut db.plain()), [1, 2, 3]);
+}
+
+mod migrations {
+    use super::*;
+    use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+    pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("tests/migrations_mysql");
+
+    diesel::table! {
+        widgets (id) {
+            id -> Integer,
+            name -> Text,
+            colour -> Varchar,
+        }
+    }
+
+    #[test]
+    fn migration_harness_runs_through_the_wrapper() {
+        // MySQL commits DDL implicitly, so the migrations run at d == 0 (not
+        // inside a user transaction as on PostgreSQL).
+        let db = MysqlDb::new();
+        let mut conn = db.conn();
+        let log = Log::new();
+        assert!(conn.has_pending_migration(MIGRATIONS).unwrap());
+        let applied = conn.run_pending_migrations(MIGRATIONS).unwrap();
+        assert_eq!(applied.len(), 2);
+        assert!(!conn.in_transaction());
+        assert!(!conn.has_pending_migration(MIGRATIONS).unwrap());
+        conn.transaction(|c| {
+            diesel::insert_into(widgets::table)
+                .values(widgets::name.eq("sprocket"))
+                .execute(c)?;
+            c.on_commit(log.hook("widget"));
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+        assert_eq!(log.take(), ["widget"]);
+        let colour: String = widgets::table
+            .select(widgets::colour)
+            .first(&mut conn)
+            .unwrap();
+        assert_eq!(colour, "grey");
+        assert_eq!(conn.revert_all_migrations(MIGRATIONS).unwrap().len(), 2);
+        assert!(conn.has_pending_migration(MIGRATIONS).unwrap());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Pools.
+// ---------------------------------------------------------------------------
+
+#[cfg(feature = "r2d2")]
+#[test]
+fn r2d2_pool_of_hooked_mysql_connections_fires_hooks_and_carries_none_to_the_next_checkout() {
+    use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
+    type Pooled = PooledConnection<ConnectionManager<DbConn>>;
+
+    let db = MysqlDb::new();
+    db.plain().batch_execute(CREATE_ITEMS).unwrap();
+    let pool = Pool::builder()
+        .max_size(1)
+        .connection_timeout(Duration::from_secs(30))
+        .build(ConnectionManager::<DbConn>::new(db.url()))
+        .unwrap();
+    let log = Log::new();
+
+    let mut pooled = pool.get().unwrap();
+    let first_id = connection_id(&mut pooled);
+    let conn: &mut DbConn = &mut pooled;
+    conn.transaction(|c| {
+        insert(c, 1)?;
+        c.on_commit(log.hook("committed"));
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+    assert_eq!(log.take(), ["committed"]);
+
+    // Given back with a level open and hooks queued.
+    <Pooled as Connection>::TransactionManager::begin_transaction(&mut pooled).unwrap();
+    insert(&mut pooled, 2).unwrap();
+    let conn: &mut DbConn = &mut pooled;
+    conn.on_commit(log.hook("never"));
+    conn.on_rollback(log.hook("rolled back"));
+    drop(pooled);
+    assert_eq!(log.take(), ["rolled back"]);
+
+    let mut pooled = pool.get().unwrap();
+    assert_ne!(
+        connection_id(&mut pooled),
+        first_id,
+        "a connection given back mid-transaction was reused"
+    );
+    let conn: &mut DbConn = &mut pooled;
+    assert!(!conn.in_transaction());
+    conn.transaction(|c| {
+        c.on_commit(log.hook("next checkout"));
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+    assert_eq!(log.take(), ["next checkout"]);
+    drop(pooled);
+    assert_eq!(ids(&mut db.plain()), [1]);
+}
