@@ -134,14 +134,29 @@ impl<C: diesel::Connection> HookQueue<C> {
         std::mem::take(&mut self.entries)
     }
 
-    /// Gives back a drained `Vec` from [`HookQueue::take_all`]; it is kept
-    /// only if nothing was queued meanwhile and it is not huge (rule 14).
-    pub(crate) fn recycle(&mut self, mut spent: Vec<Entry<C>>) {
+    /// Gives back a drained `Vec` from [`HookQueue::take_all`] after `fired`
+    /// hooks ran, so the next transaction reuses its capacity. A large
+    /// buffer (past [`KEEP_CAPACITY`]) is kept only while transactions fill
+    /// a quarter of it: a connection that keeps doing big transactions does
+    /// not re-grow its queue each time, and one that did a single huge
+    /// transaction gives the memory back at its next commit (rule 14).
+    pub(crate) fn recycle(&mut self, mut spent: Vec<Entry<C>>, fired: usize) {
         spent.clear();
-        if self.entries.capacity() == 0 && spent.capacity() <= KEEP_CAPACITY {
+        let cap = spent.capacity();
+        if self.entries.capacity() == 0 && (cap <= KEEP_CAPACITY || fired.saturating_mul(4) >= cap) {
             self.entries = spent;
         }
         if self.starts.is_empty() && self.starts.capacity() > 64 {
+            self.starts = Vec::new();
+        }
+    }
+
+    /// A commit with no hook: a large buffer left by an earlier transaction
+    /// is given back (rule 14). One comparison in the common case.
+    #[inline]
+    pub(crate) fn release_idle_capacity(&mut self) {
+        if self.entries.capacity() > KEEP_CAPACITY {
+            self.entries = Vec::new();
             self.starts = Vec::new();
         }
     }

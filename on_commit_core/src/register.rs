@@ -281,8 +281,22 @@ impl<C: Connection> HookedConnection<C> {
     }
 
     /// Queues `hook` at the current level, or applies rule 2 at `d == 0`.
+    #[inline]
     fn register(&mut self, label: HookLabel, hook: Hook<C>) {
-        match self.sync() {
+        let check = self.sync();
+        if check == DepthCheck::Matches && self.state.levels >= 1 {
+            let level = self.state.levels;
+            self.state.queue.push(level, Entry { label, hook });
+        } else {
+            self.register_slow(check, label, hook);
+        }
+    }
+
+    /// `register` outside a transaction, or in a foreign or broken one.
+    #[cold]
+    #[inline(never)]
+    fn register_slow(&mut self, check: DepthCheck, label: HookLabel, hook: Hook<C>) {
+        match check {
             DepthCheck::Matches => {}
             DepthCheck::Broken => return self.register_on_broken(label, hook),
             DepthCheck::Foreign => panic!(

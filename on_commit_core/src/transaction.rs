@@ -47,6 +47,7 @@ pub(crate) enum DepthCheck {
 }
 
 /// The inner connection's depth, or `None` when its manager is in error.
+#[inline]
 fn real_depth<C: Connection>(inner: &mut C) -> Option<u32> {
     match Inner::<C>::transaction_manager_status_mut(inner).transaction_depth() {
         Ok(depth) => Some(depth.map_or(0, |d| d.get())),
@@ -280,9 +281,23 @@ fn is_innodb_deadlock(message: &str) -> bool {
 
 impl<C: Connection> HookedConnection<C> {
     /// Brings the wrapper's levels in line with the inner connection (rules
-    /// 8 and 9); called at every step. Costs a status read when in sync.
+    /// 8 and 9); called at every step. In the common case (in line, nothing
+    /// failed) it is one status read and a comparison, inlined.
+    #[inline]
     pub(crate) fn sync(&mut self) -> DepthCheck {
-        let real = match real_depth(&mut self.inner) {
+        let expected = u32::from(self.state.baseline) + self.state.levels;
+        match real_depth(&mut self.inner) {
+            Some(real) if real == expected && !self.state.lost && !self.state.statement_failed => {
+                DepthCheck::Matches
+            }
+            real => self.sync_slow(real),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn sync_slow(&mut self, real: Option<u32>) -> DepthCheck {
+        let real = match real {
             Some(real) if !self.state.lost => real,
             _ => {
                 self.state.connection_broken();
@@ -302,6 +317,7 @@ impl<C: Connection> HookedConnection<C> {
     }
 
     /// User depth `d`: the inner depth minus the test-transaction baseline.
+    #[inline]
     pub(crate) fn user_depth(&mut self) -> u32 {
         real_depth(&mut self.inner)
             .unwrap_or(0)
@@ -310,6 +326,7 @@ impl<C: Connection> HookedConnection<C> {
 
     /// Runs one `on_commit`-kind hook now, or hands it to the open capture
     /// (rule 12).
+    #[inline]
     pub(crate) fn dispatch_commit_hook(
         &mut self,
         hook: CommitHook<C>,
@@ -343,17 +360,24 @@ impl<C: Connection> HookedConnection<C> {
     }
 
     /// The outermost COMMIT succeeded (rule 5.4).
+    #[inline]
     fn fire_commit_hooks(&mut self) {
         self.state.abort_cause = None;
         if self.state.queue.is_empty() {
+            self.state.queue.release_idle_capacity();
             return;
         }
         let mut spent = self.state.queue.take_all();
-        let panics = self.run_commit_hooks(spent.drain(..).filter_map(|entry| match entry.hook {
-            Hook::Commit(hook) => Some((entry.label, hook)),
-            _ => None,
-        }));
-        self.state.queue.recycle(spent);
+        let fired = spent.len();
+        let mut panics = FirstPanic::new();
+        self.state.running_commit_hooks += 1;
+        for entry in spent.drain(..) {
+            if let Hook::Commit(hook) = entry.hook {
+                self.dispatch_commit_hook(hook, entry.label, &mut panics);
+            }
+        }
+        self.state.running_commit_hooks -= 1;
+        self.state.queue.recycle(spent, fired);
         panics.finish(
             self.state.hook_panics,
             false,
