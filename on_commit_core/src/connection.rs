@@ -18,7 +18,7 @@ use diesel::query_builder::{Query, QueryFragment, QueryId};
 use diesel::query_dsl::UpdateAndFetchResults;
 use diesel::result::{ConnectionResult, QueryResult};
 
-use crate::hook::{HookPanics, OutsideTransaction};
+use crate::hook::{Hook, HookPanics, OutsideTransaction};
 use crate::queue::HookQueue;
 use crate::testing::CaptureState;
 use crate::transaction::{AbortCause, HookedTransactionManager};
@@ -62,7 +62,7 @@ pub struct HookedConnection<C: Connection> {
 
 /// Everything the wrapper keeps beside the inner connection.
 pub(crate) struct HookState<C: Connection> {
-    pub(crate) queue: HookQueue<C>,
+    pub(crate) queue: HookQueue<Hook<C>>,
     /// User levels opened by the wrapper and still open (`d` when in sync).
     pub(crate) levels: u32,
     /// A test transaction is open below the user levels (rule 11).

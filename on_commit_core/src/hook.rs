@@ -185,10 +185,15 @@ impl<C: diesel::Connection> Hook<C> {
     }
 }
 
-/// A hook and its label, as queued.
-pub(crate) struct Entry<C: diesel::Connection> {
-    pub(crate) label: HookLabel,
-    pub(crate) hook: Hook<C>,
+impl<C: diesel::Connection> crate::queue::QueuedHook for Hook<C> {
+    #[inline]
+    fn is_before_commit(&self) -> bool {
+        matches!(self, Hook::BeforeCommit(_))
+    }
+
+    fn take(&mut self) -> Self {
+        std::mem::replace(self, Hook::Spent)
+    }
 }
 
 /// Wraps a user closure so that its return value is reported under the label

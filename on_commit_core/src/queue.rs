@@ -11,14 +11,31 @@
 
 use std::vec::Drain;
 
-use crate::hook::{Entry, Hook};
+use crate::hook::HookLabel;
+
+/// What the queue needs to know of a hook. The queue's rules (levels,
+/// merge, discard, order) are written once, for any hook type: the sync
+/// wrapper's `Hook<C>` and, later, the async wrapper's.
+pub(crate) trait QueuedHook {
+    /// Whether this is a `before_commit` hook (they run at the outermost
+    /// commit, before COMMIT, in order; rule 5.1).
+    fn is_before_commit(&self) -> bool;
+    /// Takes the hook out, leaving a spent marker in its queue slot.
+    fn take(&mut self) -> Self;
+}
+
+/// A hook and its label, as queued.
+pub(crate) struct Entry<H> {
+    pub(crate) label: HookLabel,
+    pub(crate) hook: H,
+}
 
 /// Past this many queued hooks, the `Vec` is not kept for reuse after firing,
 /// so a pooled connection does not hold a huge allocation forever.
 const KEEP_CAPACITY: usize = 1024;
 
-pub(crate) struct HookQueue<C: diesel::Connection> {
-    entries: Vec<Entry<C>>,
+pub(crate) struct HookQueue<H> {
+    entries: Vec<Entry<H>>,
     /// `(level, index of its first entry)`, strictly increasing in both; only
     /// levels that hold at least one entry appear.
     starts: Vec<(u32, usize)>,
@@ -27,7 +44,7 @@ pub(crate) struct HookQueue<C: diesel::Connection> {
     before_commit: usize,
 }
 
-impl<C: diesel::Connection> HookQueue<C> {
+impl<H: QueuedHook> HookQueue<H> {
     pub(crate) const fn new() -> Self {
         Self {
             entries: Vec::new(),
@@ -52,7 +69,7 @@ impl<C: diesel::Connection> HookQueue<C> {
     // Inlined into every registration: it is the whole of a hook's
     // queueing cost (benches/, BENCHMARKS.md).
     #[inline(always)]
-    pub(crate) fn push(&mut self, level: u32, entry: Entry<C>) {
+    pub(crate) fn push(&mut self, level: u32, entry: Entry<H>) {
         debug_assert!(level >= 1);
         match self.starts.last() {
             Some(&(last, _)) if last == level => {}
@@ -61,7 +78,7 @@ impl<C: diesel::Connection> HookQueue<C> {
                 self.starts.push((level, self.entries.len()));
             }
         }
-        if matches!(entry.hook, Hook::BeforeCommit(_)) {
+        if entry.hook.is_before_commit() {
             self.before_commit += 1;
         }
         self.entries.push(entry);
@@ -87,7 +104,7 @@ impl<C: diesel::Connection> HookQueue<C> {
     /// Removes the hooks of level `level` and of every level above it, in
     /// registration order: the caller runs the `on_rollback` ones among them
     /// and drops the rest (rule 4).
-    pub(crate) fn take_from_level(&mut self, level: u32) -> Drain<'_, Entry<C>> {
+    pub(crate) fn take_from_level(&mut self, level: u32) -> Drain<'_, Entry<H>> {
         let mut from = self.entries.len();
         while let Some(&(l, start)) = self.starts.last() {
             if l < level {
@@ -99,7 +116,7 @@ impl<C: diesel::Connection> HookQueue<C> {
         if self.before_commit > 0 {
             self.before_commit -= self.entries[from..]
                 .iter()
-                .filter(|e| matches!(e.hook, Hook::BeforeCommit(_)))
+                .filter(|e| e.hook.is_before_commit())
                 .count();
         }
         self.entries.drain(from..)
@@ -108,17 +125,17 @@ impl<C: diesel::Connection> HookQueue<C> {
     /// Takes the next queued `before_commit` hook at or after `*cursor`,
     /// leaving the rest of the queue in place; hooks it registers are
     /// appended and are seen by later calls (rule 5.1).
-    pub(crate) fn next_before_commit(&mut self, cursor: &mut usize) -> Option<Entry<C>> {
+    pub(crate) fn next_before_commit(&mut self, cursor: &mut usize) -> Option<Entry<H>> {
         if self.before_commit == 0 {
             return None;
         }
         while *cursor < self.entries.len() {
             let i = *cursor;
             *cursor += 1;
-            if matches!(self.entries[i].hook, Hook::BeforeCommit(_)) {
+            if self.entries[i].hook.is_before_commit() {
                 self.before_commit -= 1;
                 let label = self.entries[i].label;
-                let hook = std::mem::replace(&mut self.entries[i].hook, Hook::Spent);
+                let hook = self.entries[i].hook.take();
                 return Some(Entry { label, hook });
             }
         }
@@ -128,7 +145,7 @@ impl<C: diesel::Connection> HookQueue<C> {
     /// Takes every queued hook, for the outermost commit (all are level 1 by
     /// then). Hand the `Vec` back with [`HookQueue::recycle`] once it is
     /// drained, so the next transaction reuses its capacity.
-    pub(crate) fn take_all(&mut self) -> Vec<Entry<C>> {
+    pub(crate) fn take_all(&mut self) -> Vec<Entry<H>> {
         self.starts.clear();
         self.before_commit = 0;
         std::mem::take(&mut self.entries)
@@ -140,10 +157,11 @@ impl<C: diesel::Connection> HookQueue<C> {
     /// a quarter of it: a connection that keeps doing big transactions does
     /// not re-grow its queue each time, and one that did a single huge
     /// transaction gives the memory back at its next commit (rule 14).
-    pub(crate) fn recycle(&mut self, mut spent: Vec<Entry<C>>, fired: usize) {
+    pub(crate) fn recycle(&mut self, mut spent: Vec<Entry<H>>, fired: usize) {
         spent.clear();
         let cap = spent.capacity();
-        if self.entries.capacity() == 0 && (cap <= KEEP_CAPACITY || fired.saturating_mul(4) >= cap) {
+        if self.entries.capacity() == 0 && (cap <= KEEP_CAPACITY || fired.saturating_mul(4) >= cap)
+        {
             self.entries = spent;
         }
         if self.starts.is_empty() && self.starts.capacity() > 64 {

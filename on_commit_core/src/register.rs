@@ -8,9 +8,8 @@ use diesel::connection::Connection;
 use diesel::result::QueryResult;
 
 use crate::connection::HookedConnection;
-use crate::hook::{
-    self, CommitHook, Entry, FirstPanic, Hook, HookLabel, HookResult, OutsideTransaction,
-};
+use crate::hook::{self, CommitHook, FirstPanic, Hook, HookLabel, HookResult, OutsideTransaction};
+use crate::queue::Entry;
 use crate::transaction::DepthCheck;
 
 /// Registering transaction hooks, for code that is generic over the
