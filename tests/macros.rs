@@ -519,16 +519,22 @@ fn durable_inside_test_transaction_closure_is_allowed() {
 // ---------------------------------------------------------------------------
 // on_commit! forms
 
-fn plain_hook_fn() {
-    PLAIN_FN_RUNS.fetch_add(1, Ordering::SeqCst);
+// Per thread: hooks run on the thread that commits, and tests run in
+// parallel threads, so a shared counter would see other tests' runs.
+thread_local! {
+    static PLAIN_FN_RUNS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    static WITH_FN_DEPTH_ZERO: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
-static PLAIN_FN_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+fn plain_hook_fn() {
+    PLAIN_FN_RUNS.with(|c| c.set(c.get() + 1));
+}
 
 fn with_hook_fn(conn: &mut DbConn) -> QueryResult<()> {
-    WITH_FN_DEPTH_ZERO.fetch_add(usize::from(!conn.in_transaction()), Ordering::SeqCst);
+    let outside = usize::from(!conn.in_transaction());
+    WITH_FN_DEPTH_ZERO.with(|c| c.set(c.get() + outside));
     Ok(())
 }
-static WITH_FN_DEPTH_ZERO: AtomicUsize = AtomicUsize::new(0);
 
 #[test]
 fn every_on_commit_form_waits_for_commit_and_runs_in_registration_order() {
@@ -563,7 +569,7 @@ fn every_on_commit_form_waits_for_commit_and_runs_in_registration_order() {
         on_commit!(conn, robust, move || l5.push("robust closure"),);
         on_commit!(conn, l6.push("trailing comma"),);
         assert!(log.get().is_empty(), "nothing before COMMIT");
-        assert_eq!(PLAIN_FN_RUNS.load(Ordering::SeqCst), 0);
+        assert_eq!(PLAIN_FN_RUNS.with(std::cell::Cell::get), 0);
         Ok(())
     })
     .unwrap();
@@ -580,8 +586,8 @@ fn every_on_commit_form_waits_for_commit_and_runs_in_registration_order() {
             "trailing comma",
         ]
     );
-    assert_eq!(PLAIN_FN_RUNS.load(Ordering::SeqCst), 1);
-    assert_eq!(WITH_FN_DEPTH_ZERO.load(Ordering::SeqCst), 1);
+    assert_eq!(PLAIN_FN_RUNS.with(std::cell::Cell::get), 1);
+    assert_eq!(WITH_FN_DEPTH_ZERO.with(std::cell::Cell::get), 1);
 }
 
 #[test]

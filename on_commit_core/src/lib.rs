@@ -16,12 +16,14 @@
 //! | `testing.rs` | test transactions and capture (11, 12) |
 //! | `builder.rs`, `retry.rs` | isolation levels and modes; retrying serialization failures |
 //! | `atomic.rs` | what `#[atomic]` calls: the guard for any connection (7) |
+//! | `atomic_options.rs` | what `#[atomic(isolation = .., retry = ..)]` calls |
 //! | `connection.rs` (`Drop`) | dropping a wrapper mid-transaction (10) |
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations)]
 
 mod atomic;
+mod atomic_options;
 mod builder;
 mod connection;
 mod hook;
@@ -57,5 +59,6 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::atomic::{atomic, AtomicReturn};
+    pub use crate::atomic_options::*;
     pub use diesel;
 }

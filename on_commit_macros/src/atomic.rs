@@ -20,6 +20,46 @@ struct Options {
     durable: bool,
     /// `crate = path`: where the facade is, when the user renamed it.
     krate: Option<Path>,
+    /// `isolation = level`: the level's name as written, checked.
+    isolation: Option<Ident>,
+    /// `read_only`.
+    read_only: Option<Ident>,
+    /// `deferrable`.
+    deferrable: Option<Ident>,
+    /// `immediate`.
+    immediate: Option<Ident>,
+    /// `retry = N` (or a `RetryPolicy` expression): the option's name and
+    /// its value.
+    retry: Option<(Ident, syn::Expr)>,
+}
+
+/// The isolation levels `isolation = ..` takes, and the `IsolationLevel`
+/// variant each stands for.
+const ISOLATION_LEVELS: [(&str, &str); 3] = [
+    ("serializable", "Serializable"),
+    ("repeatable_read", "RepeatableRead"),
+    ("read_committed", "ReadCommitted"),
+];
+
+/// The transaction options, each with the span of its name in the
+/// attribute (where an option the backend lacks is reported).
+struct TxOptions {
+    /// The `IsolationLevel` variant, and the option's name.
+    isolation: Option<(Ident, Ident)>,
+    read_only: Option<Ident>,
+    deferrable: Option<Ident>,
+    immediate: Option<Ident>,
+    retry: Option<(Ident, syn::Expr)>,
+}
+
+impl TxOptions {
+    fn is_empty(&self) -> bool {
+        self.isolation.is_none()
+            && self.read_only.is_none()
+            && self.deferrable.is_none()
+            && self.immediate.is_none()
+            && self.retry.is_none()
+    }
 }
 
 /// How the connection parameter is bound.
@@ -41,6 +81,7 @@ struct Plan {
     /// The connection type, for errors about it.
     conn_span: Span,
     ret: Type,
+    options: TxOptions,
 }
 
 /// Entry point: `args` are the tokens inside `#[atomic(..)]`.
@@ -175,10 +216,94 @@ fn parse_options(args: TokenStream) -> syn::Result<Options> {
                 };
                 options.krate = Some(path);
             }
+            "isolation" => {
+                if options.isolation.is_some() {
+                    return Err(meta.error("`isolation` is given twice"));
+                }
+                let levels = "`isolation = serializable`, `isolation = repeatable_read` or \
+                              `isolation = read_committed`";
+                if takes_no_value {
+                    return Err(meta.error(format!("`isolation` needs a level: {levels}")));
+                }
+                let value = meta.value()?;
+                let level = if value.peek(LitStr) {
+                    let lit: LitStr = value.parse()?;
+                    return Err(syn::Error::new_spanned(
+                        &lit,
+                        format!(
+                            "`isolation` takes the level's name, not a string: \
+                             `#[atomic(isolation = {})]`",
+                            lit.value().to_lowercase().replace(' ', "_")
+                        ),
+                    ));
+                } else {
+                    value.parse::<Ident>().map_err(|e| {
+                        syn::Error::new(e.span(), format!("`isolation` takes a level: {levels}"))
+                    })?
+                };
+                let known = level.to_string();
+                if !ISOLATION_LEVELS.iter().any(|(name, _)| *name == known) {
+                    let hint = if known.eq_ignore_ascii_case("read_uncommitted") {
+                        " (READ UNCOMMITTED is not offered: PostgreSQL runs it as READ COMMITTED)"
+                    } else {
+                        ""
+                    };
+                    return Err(syn::Error::new_spanned(
+                        &level,
+                        format!("unknown isolation level `{known}`{hint}: write {levels}"),
+                    ));
+                }
+                options.isolation = Some(level);
+            }
+            "read_only" | "deferrable" | "immediate" => {
+                let slot = match name.as_str() {
+                    "read_only" => &mut options.read_only,
+                    "deferrable" => &mut options.deferrable,
+                    _ => &mut options.immediate,
+                };
+                if slot.is_some() {
+                    return Err(meta.error(format!("`{name}` is given twice")));
+                }
+                if !takes_no_value {
+                    return Err(meta.error(format!(
+                        "`{name}` takes no value: write `#[atomic({name})]`"
+                    )));
+                }
+                *slot = meta.path.get_ident().cloned();
+            }
+            "retry" => {
+                if options.retry.is_some() {
+                    return Err(meta.error("`retry` is given twice"));
+                }
+                if takes_no_value {
+                    return Err(
+                        meta.error("`retry` needs the number of attempts: `#[atomic(retry = 5)]`")
+                    );
+                }
+                let ident = meta.path.get_ident().cloned();
+                let value: syn::Expr = meta.value()?.parse()?;
+                if let syn::Expr::Lit(syn::ExprLit {
+                    lit: syn::Lit::Int(n),
+                    ..
+                }) = &value
+                {
+                    if n.base10_parse::<u32>().ok() == Some(0) {
+                        return Err(syn::Error::new_spanned(
+                            n,
+                            "`retry = 0` would never run the body: `retry = N` runs it at most \
+                             N times, e.g. `#[atomic(retry = 3)]`",
+                        ));
+                    }
+                }
+                if let Some(ident) = ident {
+                    options.retry = Some((ident, value));
+                }
+            }
             _ => {
                 return Err(meta.error(format!(
                     "unknown `#[atomic]` option `{name}`: the options are `conn = name`, \
-                     `durable` and `crate = path`"
+                     `durable`, `crate = path`, `isolation = serializable | repeatable_read | \
+                     read_committed`, `read_only`, `deferrable`, `immediate` and `retry = N`"
                 )))
             }
         }
@@ -235,6 +360,7 @@ fn validate(options: Options, func: &ItemFn) -> syn::Result<Plan> {
         Type::Reference(r) => r.elem.span(),
         ty => ty.span(),
     };
+    let tx_options = tx_options(&options)?;
     Ok(Plan {
         krate: options
             .krate
@@ -245,6 +371,55 @@ fn validate(options: Options, func: &ItemFn) -> syn::Result<Plan> {
         conn_kind,
         conn_span,
         ret,
+        options: tx_options,
+    })
+}
+
+/// The transaction options, checked for combinations that cannot work on
+/// any backend (the backend's own support is the compiler's check).
+fn tx_options(options: &Options) -> syn::Result<TxOptions> {
+    if let Some(immediate) = &options.immediate {
+        let other = [&options.isolation, &options.read_only, &options.deferrable]
+            .into_iter()
+            .flatten()
+            .next();
+        if let Some(other) = other {
+            return Err(syn::Error::new_spanned(
+                immediate,
+                format!(
+                    "`immediate` is SQLite's `BEGIN IMMEDIATE`, `{other}` is for PostgreSQL and \
+                     MySQL: no backend has both; keep the one for your database"
+                ),
+            ));
+        }
+    }
+    if let Some(deferrable) = &options.deferrable {
+        let serializable = options
+            .isolation
+            .as_ref()
+            .is_some_and(|level| level == "serializable");
+        if !serializable || options.read_only.is_none() {
+            return Err(syn::Error::new_spanned(
+                deferrable,
+                "`deferrable` only has an effect on a serializable read-only transaction \
+                 (PostgreSQL's `SERIALIZABLE READ ONLY DEFERRABLE` waits for a snapshot that \
+                 cannot fail): write `#[atomic(isolation = serializable, read_only, deferrable)]`",
+            ));
+        }
+    }
+    let isolation = options.isolation.as_ref().map(|level| {
+        let variant = ISOLATION_LEVELS
+            .iter()
+            .find(|(name, _)| level == name)
+            .map_or("Serializable", |(_, variant)| variant);
+        (Ident::new(variant, level.span()), level.clone())
+    });
+    Ok(TxOptions {
+        isolation,
+        read_only: options.read_only.clone(),
+        deferrable: options.deferrable.clone(),
+        immediate: options.immediate.clone(),
+        retry: options.retry.clone(),
     })
 }
 
@@ -415,6 +590,7 @@ fn emit(plan: Plan, mut func: ItemFn) -> TokenStream {
         conn_kind,
         conn_span,
         ret,
+        options,
     } = plan;
 
     // For a `fn`, `#![attr]` in the body means `#[attr]` on it; the body
@@ -453,7 +629,6 @@ fn emit(plan: Plan, mut func: ItemFn) -> TokenStream {
     // its type.
     let ret_span = ret.span();
     let conn_ty = quote_spanned!(conn_span=> _);
-    let atomic_fn = quote_spanned!(ret_span=> #krate::__private::atomic::<#conn_ty, #ret, _, _>);
     let durable = if durable { quote!(true) } else { quote!(false) };
     let ItemFn {
         attrs,
@@ -461,10 +636,94 @@ fn emit(plan: Plan, mut func: ItemFn) -> TokenStream {
         sig,
         block,
     } = func;
+    let body = quote!(move |#closure_param| -> #ret #block);
+    let call = if options.is_empty() {
+        let atomic_fn =
+            quote_spanned!(ret_span=> #krate::__private::atomic::<#conn_ty, #ret, _, _>);
+        quote!(#atomic_fn(#conn_arg, #durable, #body))
+    } else {
+        emit_with_options(&krate, &options, &conn_ty, &ret, conn_arg, &durable, body)
+    };
     quote! {
         #(#attrs)*
         #vis #sig {
-            #atomic_fn(#conn_arg, #durable, move |#closure_param| -> #ret #block)
+            #call
+        }
+    }
+}
+
+/// The call with options: `__private::atomic_with` (or
+/// `atomic_with_retry`), with each option's marker type in the turbofish
+/// spanned on the option's name, so that an option the connection's backend
+/// lacks is reported on it.
+fn emit_with_options(
+    krate: &Path,
+    options: &TxOptions,
+    conn_ty: &TokenStream,
+    ret: &Type,
+    conn_arg: TokenStream,
+    durable: &TokenStream,
+    body: TokenStream,
+) -> TokenStream {
+    let private = quote!(#krate::__private);
+    let ret_span = ret.span();
+    let marker = |name: Option<&Ident>, value: TokenStream| match name {
+        Some(name) => (quote_spanned!(name.span()=> _), value),
+        None => (quote!(_), quote!(#private::Unset)),
+    };
+    let (isolation_ty, isolation) = match &options.isolation {
+        Some((variant, name)) => marker(
+            Some(name),
+            quote!(#private::Isolation(#krate::IsolationLevel::#variant)),
+        ),
+        None => marker(None, TokenStream::new()),
+    };
+    let (read_only_ty, read_only) = marker(options.read_only.as_ref(), quote!(#private::ReadOnly));
+    let (deferrable_ty, deferrable) =
+        marker(options.deferrable.as_ref(), quote!(#private::Deferrable));
+    let (immediate_ty, immediate) = marker(options.immediate.as_ref(), quote!(#private::Immediate));
+    let tx_options = quote! {
+        #private::AtomicOptions {
+            isolation: #isolation,
+            read_only: #read_only,
+            deferrable: #deferrable,
+            immediate: #immediate,
+        }
+    };
+    let result = quote_spanned!(ret_span=> #ret);
+    let (error_ty, closure_ty) = (quote_spanned!(ret_span=> _), quote_spanned!(ret_span=> _));
+    match &options.retry {
+        None => {
+            let atomic_fn = quote_spanned! {ret_span=>
+                #private::atomic_with::<
+                    #conn_ty, _, #result, #error_ty, #closure_ty,
+                    #isolation_ty, #read_only_ty, #deferrable_ty, #immediate_ty
+                >
+            };
+            quote!(#atomic_fn(#conn_arg, #durable, #tx_options, #body))
+        }
+        Some((retry, value)) => {
+            // `retry = 5` is `5u32`: an untyped literal would default to
+            // `i32`, which is not a number of attempts.
+            let policy = match value {
+                syn::Expr::Lit(syn::ExprLit {
+                    lit: syn::Lit::Int(n),
+                    ..
+                }) if n.suffix().is_empty() => {
+                    syn::LitInt::new(&format!("{}u32", n.base10_digits()), n.span())
+                        .into_token_stream()
+                }
+                other => other.to_token_stream(),
+            };
+            let retryable_ty = quote_spanned!(retry.span()=> _);
+            let policy_ty = quote_spanned!(value.span()=> _);
+            let atomic_fn = quote_spanned! {ret_span=>
+                #private::atomic_with_retry::<
+                    #conn_ty, _, #result, #error_ty, #retryable_ty, #closure_ty,
+                    #isolation_ty, #read_only_ty, #deferrable_ty, #immediate_ty, #policy_ty
+                >
+            };
+            quote!(#atomic_fn(#conn_arg, #durable, #tx_options, #policy, #body))
         }
     }
 }

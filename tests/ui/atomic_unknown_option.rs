@@ -3,7 +3,7 @@ use diesel_on_commit::{atomic, HookedConnection};
 
 type DbConn = HookedConnection<SqliteConnection>;
 
-#[atomic(isolation = serializable)]
+#[atomic(isolation_level = serializable)]
 fn create_order(conn: &mut DbConn, id: i32) -> QueryResult<i32> {
     let _ = conn;
     Ok(id)
