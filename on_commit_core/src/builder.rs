@@ -113,6 +113,45 @@ where
     )
 }
 
+/// Options PostgreSQL and MySQL share: isolation level and read mode.
+#[doc(hidden)]
+pub trait IsolationAndReadMode {
+    /// The isolation level to set.
+    fn __isolation(&mut self) -> &mut Option<IsolationLevel>;
+    /// `Some(true)`: read only; `Some(false)`: read write.
+    fn __read_only(&mut self) -> &mut Option<bool>;
+}
+
+impl<C: Connection, O: IsolationAndReadMode, R> TransactionBuilder<'_, C, O, R> {
+    /// `READ ONLY`
+    pub fn read_only(mut self) -> Self {
+        *self.options.__read_only() = Some(true);
+        self
+    }
+    /// `READ WRITE`
+    pub fn read_write(mut self) -> Self {
+        *self.options.__read_only() = Some(false);
+        self
+    }
+    /// `READ COMMITTED`
+    pub fn read_committed(self) -> Self {
+        self.isolation(IsolationLevel::ReadCommitted)
+    }
+    /// `REPEATABLE READ`
+    pub fn repeatable_read(self) -> Self {
+        self.isolation(IsolationLevel::RepeatableRead)
+    }
+    /// `SERIALIZABLE`
+    pub fn serializable(self) -> Self {
+        self.isolation(IsolationLevel::Serializable)
+    }
+    /// The isolation level.
+    pub fn isolation(mut self, level: IsolationLevel) -> Self {
+        *self.options.__isolation() = Some(level);
+        self
+    }
+}
+
 /// Isolation levels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IsolationLevel {
@@ -130,7 +169,7 @@ mod pg {
     use diesel::query_builder::{QueryBuilder, QueryFragment};
     use diesel::result::QueryResult;
 
-    use super::{BeginStatement, IsolationLevel, TransactionBuilder};
+    use super::{BeginStatement, IsolationAndReadMode, IsolationLevel, TransactionBuilder};
     use crate::HookedConnection;
 
     /// PostgreSQL's transaction options; rendered by Diesel's own
@@ -191,17 +230,16 @@ mod pg {
         }
     }
 
+    impl IsolationAndReadMode for PgTransactionOptions {
+        fn __isolation(&mut self) -> &mut Option<IsolationLevel> {
+            &mut self.isolation
+        }
+        fn __read_only(&mut self) -> &mut Option<bool> {
+            &mut self.read_only
+        }
+    }
+
     impl<R> TransactionBuilder<'_, PgConnection, PgTransactionOptions, R> {
-        /// `READ ONLY`
-        pub fn read_only(mut self) -> Self {
-            self.options.read_only = Some(true);
-            self
-        }
-        /// `READ WRITE`
-        pub fn read_write(mut self) -> Self {
-            self.options.read_only = Some(false);
-            self
-        }
         /// `DEFERRABLE` (with `SERIALIZABLE READ ONLY`: waits for a safe snapshot)
         pub fn deferrable(mut self) -> Self {
             self.options.deferrable = Some(true);
@@ -210,23 +248,6 @@ mod pg {
         /// `NOT DEFERRABLE`
         pub fn not_deferrable(mut self) -> Self {
             self.options.deferrable = Some(false);
-            self
-        }
-        /// `ISOLATION LEVEL READ COMMITTED`
-        pub fn read_committed(self) -> Self {
-            self.isolation(IsolationLevel::ReadCommitted)
-        }
-        /// `ISOLATION LEVEL REPEATABLE READ`
-        pub fn repeatable_read(self) -> Self {
-            self.isolation(IsolationLevel::RepeatableRead)
-        }
-        /// `ISOLATION LEVEL SERIALIZABLE`
-        pub fn serializable(self) -> Self {
-            self.isolation(IsolationLevel::Serializable)
-        }
-        /// The isolation level.
-        pub fn isolation(mut self, level: IsolationLevel) -> Self {
-            self.options.isolation = Some(level);
             self
         }
     }
@@ -240,7 +261,7 @@ mod mysql {
     use diesel::mysql::MysqlConnection;
     use diesel::result::QueryResult;
 
-    use super::{BeginStatement, IsolationLevel, TransactionBuilder};
+    use super::{BeginStatement, IsolationAndReadMode, IsolationLevel, TransactionBuilder};
     use crate::HookedConnection;
 
     /// MySQL's transaction options. Diesel has no builder for MySQL; the
@@ -300,37 +321,19 @@ mod mysql {
         }
     }
 
+    impl IsolationAndReadMode for MysqlTransactionOptions {
+        fn __isolation(&mut self) -> &mut Option<IsolationLevel> {
+            &mut self.isolation
+        }
+        fn __read_only(&mut self) -> &mut Option<bool> {
+            &mut self.read_only
+        }
+    }
+
     impl<R> TransactionBuilder<'_, MysqlConnection, MysqlTransactionOptions, R> {
-        /// `READ ONLY`
-        pub fn read_only(mut self) -> Self {
-            self.options.read_only = Some(true);
-            self
-        }
-        /// `READ WRITE`
-        pub fn read_write(mut self) -> Self {
-            self.options.read_only = Some(false);
-            self
-        }
         /// `WITH CONSISTENT SNAPSHOT`
         pub fn with_consistent_snapshot(mut self) -> Self {
             self.options.consistent_snapshot = true;
-            self
-        }
-        /// `READ COMMITTED`
-        pub fn read_committed(self) -> Self {
-            self.isolation(IsolationLevel::ReadCommitted)
-        }
-        /// `REPEATABLE READ` (InnoDB's default)
-        pub fn repeatable_read(self) -> Self {
-            self.isolation(IsolationLevel::RepeatableRead)
-        }
-        /// `SERIALIZABLE`
-        pub fn serializable(self) -> Self {
-            self.isolation(IsolationLevel::Serializable)
-        }
-        /// The isolation level.
-        pub fn isolation(mut self, level: IsolationLevel) -> Self {
-            self.options.isolation = Some(level);
             self
         }
     }

@@ -33,6 +33,8 @@ mod retry;
 mod testing;
 mod transaction;
 
+#[doc(hidden)]
+pub use crate::builder::IsolationAndReadMode;
 #[cfg(feature = "mysql")]
 pub use crate::builder::MysqlTransactionOptions;
 #[cfg(feature = "postgres")]
