@@ -23,6 +23,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = dir.join("shop.sqlite").to_string_lossy().into_owned();
 
     let mut a = HookedConnection::<SqliteConnection>::establish(&url)?;
+    // A waits out B's brief SHARED lock at COMMIT; B fails at once and retries.
+    diesel::sql_query("PRAGMA busy_timeout = 10000").execute(&mut a)?;
     diesel::sql_query("CREATE TABLE stock (item TEXT PRIMARY KEY, count INTEGER NOT NULL)")
         .execute(&mut a)?;
     diesel::sql_query("INSERT INTO stock VALUES ('lamp', 10)").execute(&mut a)?;

@@ -183,6 +183,9 @@ fn immediate_retries_sqlite_busy_until_the_lock_is_free() {
 
     let file = DbFile::new();
     let mut holder = file.plain();
+    // The holder waits out the other side's brief SHARED lock at COMMIT:
+    // only the side under test must fail at once.
+    holder.batch_execute("PRAGMA busy_timeout = 10000").unwrap();
     holder.batch_execute("BEGIN IMMEDIATE").unwrap();
     let (locked_tx, locked_rx) = std::sync::mpsc::channel::<()>();
     let release = std::thread::spawn(move || {

@@ -212,6 +212,11 @@ fn sqlite_busy_is_retried_on_two_connections_to_one_file() {
     let path = dir.join("db.sqlite");
     let url = path.to_str().unwrap().to_owned();
     let mut a = HookedConnection::<SqliteConnection>::establish(&url).unwrap();
+    // A's COMMIT waits out B's brief SHARED lock while B tries to begin; only
+    // B, the side under test, must fail at once.
+    diesel::sql_query("PRAGMA busy_timeout = 10000")
+        .execute(&mut a)
+        .unwrap();
     diesel::sql_query("CREATE TABLE t (id INTEGER PRIMARY KEY)")
         .execute(&mut a)
         .unwrap();
@@ -238,10 +243,14 @@ fn sqlite_busy_is_retried_on_two_connections_to_one_file() {
         std::thread::sleep(std::time::Duration::from_millis(50));
         release_tx.send(()).unwrap();
     });
-    let policy = RetryPolicy::attempts(200).backoff(
-        std::time::Duration::from_millis(2),
-        std::time::Duration::from_millis(10),
-    );
+    // Bounded by time, not by count: the holder may be slow to release on a
+    // loaded machine.
+    let policy = RetryPolicy::attempts(u32::MAX)
+        .backoff(
+            std::time::Duration::from_millis(2),
+            std::time::Duration::from_millis(10),
+        )
+        .deadline(std::time::Duration::from_secs(30));
     b.build_transaction()
         .immediate()
         .retry(policy)
