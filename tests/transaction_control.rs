@@ -168,6 +168,32 @@ fn an_app_error_type_can_be_retried() {
 }
 
 #[test]
+fn a_boxed_error_is_retried_when_it_holds_a_diesel_error() {
+    type BoxError = Box<dyn std::error::Error + Send + Sync>;
+    let mut conn = sqlite();
+    let mut attempts = 0;
+    let r: Result<u32, BoxError> = conn.transaction_with_retry(&fast(3), |_| {
+        attempts += 1;
+        if attempts == 1 {
+            Err(serialization_failure().into())
+        } else {
+            Ok(attempts)
+        }
+    });
+    assert_eq!(r.unwrap(), 2);
+    let mut attempts = 0;
+    let r: Result<u32, BoxError> = conn.transaction_with_retry(&fast(3), |_| {
+        attempts += 1;
+        Err("not a database error".into())
+    });
+    assert!(r.is_err());
+    assert_eq!(
+        attempts, 1,
+        "an error without a Diesel error inside is not retried"
+    );
+}
+
+#[test]
 fn sqlite_immediate_and_exclusive_transactions_fire_hooks() {
     let mut conn = sqlite();
     let log = Log::new();

@@ -107,6 +107,20 @@ impl Retryable for Error {
     }
 }
 
+/// A boxed error (the usual `Box<dyn Error + Send + Sync>` of applications)
+/// is retryable when it holds a Diesel error.
+impl Retryable for Box<dyn std::error::Error + Send + Sync> {
+    fn diesel_error(&self) -> Option<&Error> {
+        self.downcast_ref::<Error>()
+    }
+}
+
+impl Retryable for Box<dyn std::error::Error> {
+    fn diesel_error(&self) -> Option<&Error> {
+        self.downcast_ref::<Error>()
+    }
+}
+
 /// Whether `error` is worth retrying the whole transaction for:
 /// serialization failures and deadlocks on PostgreSQL (SQLSTATE 40001,
 /// 40P01) and MySQL (1213, 1205), `SQLITE_BUSY`/locked on SQLite; nothing
