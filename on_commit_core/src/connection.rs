@@ -82,9 +82,37 @@ pub(crate) struct HookState<C: Connection> {
     pub(crate) abort_cause: Option<AbortCause>,
     /// A database error said the connection was lost (rule 9).
     pub(crate) lost: bool,
+    /// What touched the inner connection since the wrapper last checked its
+    /// levels against it (see [`Touch`]).
+    pub(crate) touch: Touch,
+}
+
+/// What touched the inner connection since the wrapper last checked its
+/// levels against the inner depth (rules 8, 9). Only the wrapper's own
+/// paths reach the inner connection, and each of them records here that it
+/// did, so a hook registered right after a check (the common case: several
+/// hooks in a row) skips the depth read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Touch {
+    /// Checked: the inner depth is the baseline plus the levels, and
+    /// nothing reached the inner connection since.
+    Checked,
+    /// Something reached it (a statement, `inner_mut()`, a transaction
+    /// step): check again before trusting the levels.
+    Unchecked,
     /// The last statement through the wrapper failed: levels that vanish
     /// now were rolled back by the database, not behind our back.
-    pub(crate) statement_failed: bool,
+    Failed,
+}
+
+impl<C: Connection> HookState<C> {
+    /// The inner connection may have changed: the next registration checks.
+    #[inline]
+    pub(crate) fn touched(&mut self) {
+        if self.touch == Touch::Checked {
+            self.touch = Touch::Unchecked;
+        }
+    }
 }
 
 impl<C: Connection> HookedConnection<C> {
@@ -105,7 +133,7 @@ impl<C: Connection> HookedConnection<C> {
                 capture: None,
                 abort_cause: None,
                 lost: false,
-                statement_failed: false,
+                touch: Touch::Unchecked,
             },
         }
     }
@@ -119,6 +147,7 @@ impl<C: Connection> HookedConnection<C> {
     /// `SqliteConnection::register_sql_function`) and for helpers that only
     /// run queries. A transaction begun on it is not the wrapper's (rule 8).
     pub fn inner_mut(&mut self) -> &mut C {
+        self.state.touched();
         &mut self.inner
     }
 
@@ -200,7 +229,7 @@ impl<C: Connection> SimpleConnection for HookedConnection<C> {
     fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
         let result = self.inner.batch_execute(query);
         match &result {
-            Ok(()) => self.state.statement_failed = false,
+            Ok(()) => self.state.touch = Touch::Unchecked,
             Err(e) => Self::observe(&mut self.state, e),
         }
         result
@@ -235,7 +264,7 @@ impl<C: Connection> Connection for HookedConnection<C> {
     {
         let result = self.inner.execute_returning_count(source);
         match &result {
-            Ok(_) => self.state.statement_failed = false,
+            Ok(_) => self.state.touch = Touch::Unchecked,
             Err(e) => Self::observe(&mut self.state, e),
         }
         result
@@ -244,6 +273,7 @@ impl<C: Connection> Connection for HookedConnection<C> {
     fn transaction_state(
         &mut self,
     ) -> &mut <Self::TransactionManager as TransactionManager<Self>>::TransactionStateData {
+        self.state.touched();
         self.inner.transaction_state()
     }
 
@@ -285,7 +315,7 @@ where
         let Self { inner, state } = self;
         match inner.load(source) {
             Ok(cursor) => {
-                state.statement_failed = false;
+                state.touch = Touch::Unchecked;
                 Ok(cursor)
             }
             Err(e) => {
@@ -298,6 +328,7 @@ where
 
 impl<C: MigrationConnection> MigrationConnection for HookedConnection<C> {
     fn setup(&mut self) -> QueryResult<usize> {
+        self.state.touched();
         self.inner.setup()
     }
 }
@@ -307,6 +338,7 @@ where
     C: UpdateAndFetchResults<Changes, Output>,
 {
     fn update_and_fetch(&mut self, changeset: Changes) -> QueryResult<Output> {
+        self.state.touched();
         self.inner.update_and_fetch(changeset)
     }
 }
@@ -315,6 +347,7 @@ impl<C: WithMetadataLookup> WithMetadataLookup for HookedConnection<C> {
     fn metadata_lookup(
         &mut self,
     ) -> &mut <Self::Backend as diesel::sql_types::TypeMetadata>::MetadataLookup {
+        self.state.touched();
         self.inner.metadata_lookup()
     }
 }
@@ -349,6 +382,7 @@ where
     C: diesel::pg::GetPgMetadataCache + Connection<Backend = diesel::pg::Pg>,
 {
     fn get_metadata_cache(&mut self) -> &mut diesel::pg::PgMetadataCache {
+        self.state.touched();
         self.inner.get_metadata_cache()
     }
 }
@@ -356,6 +390,7 @@ where
 #[cfg(feature = "r2d2")]
 impl<C: diesel::r2d2::R2D2Connection> diesel::r2d2::R2D2Connection for HookedConnection<C> {
     fn ping(&mut self) -> QueryResult<()> {
+        self.state.touched();
         self.inner.ping()
     }
 

@@ -155,6 +155,7 @@ pub(crate) fn begin_test_transaction<C: Connection>(
         ),
         TransactionManagerStatus::InError => panic!("Transaction manager in error"),
     }
+    conn.state.touched();
     Inner::<C>::begin_transaction(&mut conn.inner)?;
     // Like Diesel: so that pools do not count the connection as broken.
     Inner::<C>::transaction_manager_status_mut(&mut conn.inner).set_test_transaction_flag();
@@ -184,6 +185,7 @@ where
     }
     conn.state.baseline = false;
     if conn.state.levels == 0 {
+        conn.state.touched();
         if let Err(e) = Inner::<C>::rollback_transaction(&mut conn.inner) {
             tracing::error!("rolling back the test transaction failed: {e}");
         }

@@ -15,7 +15,7 @@ use diesel::connection::{
 };
 use diesel::result::{DatabaseErrorInformation, DatabaseErrorKind, Error, QueryResult};
 
-use crate::connection::{HookState, HookedConnection};
+use crate::connection::{HookState, HookedConnection, Touch};
 use crate::hook::{self, CommitHook, FirstPanic, Hook, HookLabel};
 use crate::testing::Capture;
 
@@ -146,7 +146,7 @@ fn is_lost_connection(kind: DatabaseErrorKind, message: &str) -> bool {
 impl<C: Connection> HookState<C> {
     /// A database error came back through the wrapper.
     pub(crate) fn observe_error(&mut self, error: &Error) {
-        self.statement_failed = true;
+        self.touch = Touch::Failed;
         if let Error::DatabaseError(kind, info) = error {
             if is_lost_connection(*kind, info.message()) {
                 self.lost = true;
@@ -251,7 +251,7 @@ impl<C: Connection> HookState<C> {
         let vanished = self.levels - kept;
         self.levels = kept;
         self.baseline = baseline;
-        if self.statement_failed && vanished > 0 {
+        if self.touch == Touch::Failed && vanished > 0 {
             tracing::debug!(
                 vanished,
                 "the database rolled back the transaction after a failed statement"
@@ -287,7 +287,10 @@ impl<C: Connection> HookedConnection<C> {
     pub(crate) fn sync(&mut self) -> DepthCheck {
         let expected = u32::from(self.state.baseline) + self.state.levels;
         match real_depth(&mut self.inner) {
-            Some(real) if real == expected && !self.state.lost && !self.state.statement_failed => {
+            Some(real)
+                if real == expected && !self.state.lost && self.state.touch != Touch::Failed =>
+            {
+                self.state.touch = Touch::Checked;
                 DepthCheck::Matches
             }
             real => self.sync_slow(real),
@@ -308,10 +311,11 @@ impl<C: Connection> HookedConnection<C> {
         if real < expected {
             self.state.levels_vanished(real);
         }
-        self.state.statement_failed = false;
         if real > expected {
+            self.state.touch = Touch::Unchecked;
             DepthCheck::Foreign
         } else {
+            self.state.touch = Touch::Checked;
             DepthCheck::Matches
         }
     }
@@ -438,6 +442,7 @@ impl<C: Connection> HookedTransactionManager<C> {
         begin_inner: impl FnOnce(&mut C) -> QueryResult<()>,
     ) -> QueryResult<()> {
         conn.sync();
+        conn.state.touched();
         begin_inner(&mut conn.inner)?;
         conn.state.levels += 1;
         if conn.state.levels == 1 {
@@ -545,10 +550,12 @@ impl<C: Connection> TransactionManager<HookedConnection<C>> for HookedTransactio
     /// the wrapper did not open is only delegated.
     fn rollback_transaction(conn: &mut HookedConnection<C>) -> QueryResult<()> {
         if conn.sync() != DepthCheck::Matches || conn.state.levels == 0 {
+            conn.state.touched();
             return Inner::<C>::rollback_transaction(&mut conn.inner);
         }
         let level = conn.state.levels;
         let before = real_depth(&mut conn.inner).unwrap_or(0);
+        conn.state.touched();
         let result = Inner::<C>::rollback_transaction(&mut conn.inner);
         match real_depth(&mut conn.inner) {
             None => conn.state.connection_broken(),
@@ -579,6 +586,7 @@ impl<C: Connection> TransactionManager<HookedConnection<C>> for HookedTransactio
     ///   rollback (rule 4); one that left it open leaves it to the caller.
     fn commit_transaction(conn: &mut HookedConnection<C>) -> QueryResult<()> {
         if conn.sync() != DepthCheck::Matches || conn.state.levels == 0 {
+            conn.state.touched();
             return Inner::<C>::commit_transaction(&mut conn.inner);
         }
         let level = conn.state.levels;
@@ -593,6 +601,7 @@ impl<C: Connection> TransactionManager<HookedConnection<C>> for HookedTransactio
             return Err(Self::roll_back_aborted(conn));
         }
         let before = real_depth(&mut conn.inner).unwrap_or(0);
+        conn.state.touched();
         let result = Inner::<C>::commit_transaction(&mut conn.inner);
         match real_depth(&mut conn.inner) {
             None => conn.state.connection_broken(),
@@ -624,6 +633,7 @@ impl<C: Connection> TransactionManager<HookedConnection<C>> for HookedTransactio
     fn transaction_manager_status_mut(
         conn: &mut HookedConnection<C>,
     ) -> &mut TransactionManagerStatus {
+        conn.state.touched();
         Inner::<C>::transaction_manager_status_mut(&mut conn.inner)
     }
 
