@@ -301,6 +301,65 @@ fn sqlite_busy_is_retried_on_two_connections_to_one_file() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Two threads update rows 1 and 2 of `table` in opposite orders (`bump`
+/// renders the UPDATE of one row), both through `transaction_with_retry`,
+/// with a barrier between their first and second UPDATE on the first
+/// attempt: the database breaks the deadlock, the victim retries, and each
+/// side's hook fires once. Returns the attempts for the two commits.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+fn deadlock_pair<C>(
+    connect: fn() -> HookedConnection<C>,
+    table: &str,
+    bump: fn(&str, i32) -> String,
+) -> u32
+where
+    C: diesel::connection::Connection + 'static,
+{
+    use std::sync::Barrier;
+    let barrier = Arc::new(Barrier::new(2));
+    let log = Log::new();
+    let total = Arc::new(AtomicU32::new(0));
+    let handles: Vec<_> = [(1, 2), (2, 1)]
+        .into_iter()
+        .map(|(first, second)| {
+            let (table, barrier, log, total) = (
+                table.to_owned(),
+                barrier.clone(),
+                log.clone(),
+                total.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut conn = connect();
+                let mut n = 0;
+                conn.transaction_with_retry(&fast(10), |conn| -> R {
+                    n += 1;
+                    total.fetch_add(1, Ordering::SeqCst);
+                    conn.batch_execute(&bump(&table, first))?;
+                    if n == 1 {
+                        barrier.wait();
+                    }
+                    conn.batch_execute(&bump(&table, second))?;
+                    let l = log.clone();
+                    conn.on_commit(move || l.push(format!("{first}->{second} committed")));
+                    Ok(())
+                })
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap().unwrap();
+    }
+    let mut fired = log.get();
+    fired.sort();
+    assert_eq!(fired, ["1->2 committed", "2->1 committed"]);
+    let attempts = total.load(Ordering::SeqCst);
+    assert!(
+        attempts >= 3,
+        "the database broke the deadlock, one side retried: {attempts}"
+    );
+    attempts
+}
+
 /// The write-skew pair: two doctors on call, both try to go off call under
 /// SERIALIZABLE, each only if someone else stays on call.
 #[cfg(feature = "postgres")]
@@ -492,49 +551,9 @@ mod postgres {
     #[test]
     fn a_deadlock_from_two_threads_is_retried() {
         let table = doctors_table();
-        let barrier = Arc::new(Barrier::new(2));
-        let log = Log::new();
-        let total = Arc::new(AtomicU32::new(0));
-        let handles: Vec<_> = [(1, 2), (2, 1)]
-            .into_iter()
-            .map(|(first, second)| {
-                let (table, barrier, log, total) =
-                    (table.clone(), barrier.clone(), log.clone(), total.clone());
-                std::thread::spawn(move || {
-                    let mut conn = pg();
-                    let mut n = 0;
-                    conn.transaction_with_retry(&fast(10), |conn| -> R {
-                        n += 1;
-                        total.fetch_add(1, Ordering::SeqCst);
-                        diesel::sql_query(format!(
-                            "UPDATE {table} SET on_call = NOT on_call WHERE id = {first}"
-                        ))
-                        .execute(conn)?;
-                        if n == 1 {
-                            barrier.wait();
-                        }
-                        diesel::sql_query(format!(
-                            "UPDATE {table} SET on_call = NOT on_call WHERE id = {second}"
-                        ))
-                        .execute(conn)?;
-                        let l = log.clone();
-                        conn.on_commit(move || l.push(format!("{first}->{second} committed")));
-                        Ok(())
-                    })
-                })
-            })
-            .collect();
-        for h in handles {
-            h.join().unwrap().unwrap();
-        }
-        let mut fired = log.get();
-        fired.sort();
-        assert_eq!(fired, ["1->2 committed", "2->1 committed"]);
-        let attempts = total.load(Ordering::SeqCst);
-        assert!(
-            attempts >= 3,
-            "PostgreSQL broke the deadlock, one side retried: {attempts}"
-        );
+        let attempts = deadlock_pair(pg, &table, |table, id| {
+            format!("UPDATE {table} SET on_call = NOT on_call WHERE id = {id}")
+        });
         println!("deadlock: {attempts} attempts for 2 commits");
         drop_table(&table);
     }
@@ -544,7 +563,6 @@ mod postgres {
 mod mysql {
     use super::*;
     use common::mysql;
-    use std::sync::Barrier;
 
     #[test]
     fn a_deadlock_from_two_threads_is_retried() {
@@ -555,49 +573,11 @@ mod mysql {
                  INSERT INTO {table} VALUES (1, 100), (2, 100);"
             ))
             .unwrap();
-        let barrier = Arc::new(Barrier::new(2));
-        let log = Log::new();
-        let total = Arc::new(AtomicU32::new(0));
-        let handles: Vec<_> = [(1, 2), (2, 1)]
-            .into_iter()
-            .map(|(first, second)| {
-                let (table, barrier, log, total) =
-                    (table.clone(), barrier.clone(), log.clone(), total.clone());
-                std::thread::spawn(move || {
-                    let mut conn = mysql();
-                    let mut n = 0;
-                    conn.transaction_with_retry(&fast(10), |conn| -> R {
-                        n += 1;
-                        total.fetch_add(1, Ordering::SeqCst);
-                        diesel::sql_query(format!(
-                            "UPDATE {table} SET balance = balance - 1 WHERE id = {first}"
-                        ))
-                        .execute(conn)?;
-                        if n == 1 {
-                            barrier.wait();
-                        }
-                        diesel::sql_query(format!(
-                            "UPDATE {table} SET balance = balance + 1 WHERE id = {second}"
-                        ))
-                        .execute(conn)?;
-                        let l = log.clone();
-                        conn.on_commit(move || l.push(format!("{first}->{second} committed")));
-                        Ok(())
-                    })
-                })
-            })
-            .collect();
-        for h in handles {
-            h.join().unwrap().unwrap();
-        }
-        let mut fired = log.get();
-        fired.sort();
-        assert_eq!(fired, ["1->2 committed", "2->1 committed"]);
-        let attempts = total.load(Ordering::SeqCst);
-        assert!(
-            attempts >= 3,
-            "InnoDB broke the deadlock, one side retried: {attempts}"
-        );
+        // Alternating signs keep the balances unchanged whatever commits.
+        let attempts = deadlock_pair(mysql, &table, |table, id| {
+            let delta = if id == 1 { "- 1" } else { "+ 1" };
+            format!("UPDATE {table} SET balance = balance {delta} WHERE id = {id}")
+        });
         println!("MySQL deadlock: {attempts} attempts for 2 commits");
         mysql()
             .batch_execute(&format!("DROP TABLE {table}"))
