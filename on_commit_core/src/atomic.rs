@@ -8,6 +8,8 @@ use std::panic::{self, AssertUnwindSafe};
 use diesel::connection::{Connection, TransactionManager, TransactionManagerStatus};
 use diesel::result::Error;
 
+use crate::transaction::real_depth as depth;
+
 /// The inner depth minus a test transaction, or `None` when the manager is
 /// in error.
 fn user_depth<C: Connection>(conn: &mut C) -> Option<u32> {
@@ -18,13 +20,6 @@ fn user_depth<C: Connection>(conn: &mut C) -> Option<u32> {
         }),
         TransactionManagerStatus::InError => None,
     }
-}
-
-fn depth<C: Connection>(conn: &mut C) -> Option<u32> {
-    C::TransactionManager::transaction_manager_status_mut(conn)
-        .transaction_depth()
-        .ok()
-        .map(|d| d.map_or(0, |d| d.get()))
 }
 
 /// Rolls back until the depth is back to `target`; stops when a rollback

@@ -7,7 +7,7 @@ use std::panic::Location;
 use diesel::connection::Connection;
 use diesel::result::QueryResult;
 
-use crate::connection::{HookedConnection, Touch};
+use crate::connection::HookedConnection;
 use crate::hook::{self, CommitHook, FirstPanic, Hook, HookLabel, HookResult, OutsideTransaction};
 use crate::queue::Entry;
 use crate::transaction::DepthCheck;
@@ -282,13 +282,6 @@ impl<C: Connection> HookedConnection<C> {
     /// Queues `hook` at the current level, or applies rule 2 at `d == 0`.
     #[inline]
     fn register(&mut self, label: HookLabel, hook: Hook<C>) {
-        // Nothing reached the inner connection since the last check: the
-        // levels are still right (see `Touch`).
-        if self.state.touch == Touch::Checked && self.state.levels >= 1 {
-            let level = self.state.levels;
-            self.state.queue.push(level, Entry { label, hook });
-            return;
-        }
         let check = self.sync();
         if check == DepthCheck::Matches && self.state.levels >= 1 {
             let level = self.state.levels;

@@ -48,7 +48,7 @@ pub(crate) enum DepthCheck {
 
 /// The inner connection's depth, or `None` when its manager is in error.
 #[inline]
-fn real_depth<C: Connection>(inner: &mut C) -> Option<u32> {
+pub(crate) fn real_depth<C: Connection>(inner: &mut C) -> Option<u32> {
     match Inner::<C>::transaction_manager_status_mut(inner).transaction_depth() {
         Ok(depth) => Some(depth.map_or(0, |d| d.get())),
         Err(_) => None,
@@ -281,10 +281,16 @@ fn is_innodb_deadlock(message: &str) -> bool {
 
 impl<C: Connection> HookedConnection<C> {
     /// Brings the wrapper's levels in line with the inner connection (rules
-    /// 8 and 9); called at every step. In the common case (in line, nothing
-    /// failed) it is one status read and a comparison, inlined.
+    /// 8 and 9); called at every step. In the common case it is a flag test
+    /// (nothing touched the inner connection since the last check) or one
+    /// status read and a comparison, inlined.
     #[inline]
     pub(crate) fn sync(&mut self) -> DepthCheck {
+        // Nothing reached the inner connection since the last check: the
+        // levels are still right (see `Touch`), no need to read the depth.
+        if self.state.touch == Touch::Checked {
+            return DepthCheck::Matches;
+        }
         let expected = u32::from(self.state.baseline) + self.state.levels;
         match real_depth(&mut self.inner) {
             Some(real)
