@@ -176,13 +176,7 @@ where
     let result = panic::catch_unwind(AssertUnwindSafe(|| f(&mut *conn)));
     // User levels the body left open (only possible by driving the
     // transaction manager by hand) are rolled back first, with their hooks.
-    while conn.state.levels > 0 {
-        let before = conn.state.levels;
-        let _ = HookedTransactionManager::<C>::rollback_transaction(conn);
-        if conn.state.levels >= before {
-            break;
-        }
-    }
+    let _ = HookedTransactionManager::<C>::roll_back_level(conn, 1);
     conn.state.baseline = false;
     if conn.state.levels == 0 {
         conn.state.touched();

@@ -524,7 +524,7 @@ impl<C: Connection> HookedTransactionManager<C> {
 
     /// Rolls back until the wrapper's levels are below `level` (the body may
     /// have left inner levels open). Returns the first error.
-    fn roll_back_level(conn: &mut HookedConnection<C>, level: u32) -> QueryResult<()> {
+    pub(crate) fn roll_back_level(conn: &mut HookedConnection<C>, level: u32) -> QueryResult<()> {
         let mut result = Ok(());
         while conn.state.levels >= level && level >= 1 {
             let before = conn.state.levels;
