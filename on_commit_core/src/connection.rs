@@ -19,9 +19,8 @@ use diesel::query_dsl::UpdateAndFetchResults;
 use diesel::result::{ConnectionResult, QueryResult};
 
 use crate::hook::{Hook, HookPanics, OutsideTransaction};
-use crate::queue::HookQueue;
-use crate::testing::CaptureState;
-use crate::transaction::{AbortCause, HookedTransactionManager};
+use crate::state::{HookState, Touch};
+use crate::transaction::HookedTransactionManager;
 
 /// A Diesel connection that runs transaction hooks: [`on_commit`] after the
 /// outermost COMMIT, [`on_rollback`] after a rollback, [`before_commit`] just
@@ -57,62 +56,7 @@ use crate::transaction::{AbortCause, HookedTransactionManager};
 /// [`before_commit`]: HookedConnection::before_commit
 pub struct HookedConnection<C: Connection> {
     pub(crate) inner: C,
-    pub(crate) state: HookState<C>,
-}
-
-/// Everything the wrapper keeps beside the inner connection.
-pub(crate) struct HookState<C: Connection> {
-    pub(crate) queue: HookQueue<Hook<C>>,
-    /// User levels opened by the wrapper and still open (`d` when in sync).
-    pub(crate) levels: u32,
-    /// A test transaction is open below the user levels (rule 11).
-    pub(crate) baseline: bool,
-    pub(crate) outside: OutsideTransaction,
-    pub(crate) hook_panics: HookPanics,
-    /// Non-zero while `on_commit`-kind hooks run after COMMIT or at once:
-    /// their own registrations are exempt from `WarnAndRun` and `Panic`
-    /// (rule 2).
-    pub(crate) running_commit_hooks: u32,
-    /// Non-zero while a panic of the transaction body is being handled: an
-    /// `on_rollback` hook's panic is then only logged (rule 6).
-    pub(crate) unwinding: u32,
-    pub(crate) capture: Option<CaptureState<C>>,
-    /// The first database error seen inside the open user transaction, kept
-    /// to report a transaction the database aborted (rule 5.3).
-    pub(crate) abort_cause: Option<AbortCause>,
-    /// A database error said the connection was lost (rule 9).
-    pub(crate) lost: bool,
-    /// What touched the inner connection since the wrapper last checked its
-    /// levels against it (see [`Touch`]).
-    pub(crate) touch: Touch,
-}
-
-/// What touched the inner connection since the wrapper last checked its
-/// levels against the inner depth (rules 8, 9). Only the wrapper's own
-/// paths reach the inner connection, and each of them records here that it
-/// did, so a hook registered right after a check (the common case: several
-/// hooks in a row) skips the depth read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Touch {
-    /// Checked: the inner depth is the baseline plus the levels, and
-    /// nothing reached the inner connection since.
-    Checked,
-    /// Something reached it (a statement, `inner_mut()`, a transaction
-    /// step): check again before trusting the levels.
-    Unchecked,
-    /// The last statement through the wrapper failed: levels that vanish
-    /// now were rolled back by the database, not behind our back.
-    Failed,
-}
-
-impl<C: Connection> HookState<C> {
-    /// The inner connection may have changed: the next registration checks.
-    #[inline]
-    pub(crate) fn touched(&mut self) {
-        if self.touch == Touch::Checked {
-            self.touch = Touch::Unchecked;
-        }
-    }
+    pub(crate) state: HookState<Hook<C>>,
 }
 
 impl<C: Connection> HookedConnection<C> {
@@ -122,19 +66,7 @@ impl<C: Connection> HookedConnection<C> {
     pub fn new(inner: C) -> Self {
         Self {
             inner,
-            state: HookState {
-                queue: HookQueue::new(),
-                levels: 0,
-                baseline: false,
-                outside: OutsideTransaction::default(),
-                hook_panics: HookPanics::default(),
-                running_commit_hooks: 0,
-                unwinding: 0,
-                capture: None,
-                abort_cause: None,
-                lost: false,
-                touch: Touch::Unchecked,
-            },
+            state: HookState::new(),
         }
     }
 
@@ -207,7 +139,7 @@ impl<C: Connection> HookedConnection<C> {
     /// Shows a database error that came back through the wrapper to the hook
     /// state. Only errors reach this: the success path costs nothing.
     #[cold]
-    fn observe(state: &mut HookState<C>, error: &diesel::result::Error) {
+    fn observe(state: &mut HookState<Hook<C>>, error: &diesel::result::Error) {
         state.observe_error(error);
     }
 }
@@ -399,18 +331,5 @@ impl<C: diesel::r2d2::R2D2Connection> diesel::r2d2::R2D2Connection for HookedCon
     /// than hand its hooks to the next checkout.
     fn is_broken(&mut self) -> bool {
         self.state.lost || self.state.levels > 0 || self.inner.is_broken()
-    }
-}
-
-/// Rule 10: dropping a wrapper with an open user transaction runs its
-/// `on_rollback` hooks (the database rolls back when the session ends) and
-/// discards the rest. A hook's panic here is logged, never resumed.
-impl<C: Connection> Drop for HookState<C> {
-    fn drop(&mut self) {
-        if self.levels > 0 || !self.queue.is_empty() {
-            self.levels = 0;
-            self.unwinding += 1; // no panic may leave `drop`
-            self.rolled_back(1);
-        }
     }
 }

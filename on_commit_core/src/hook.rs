@@ -172,8 +172,10 @@ pub(crate) enum Hook<C: diesel::Connection> {
     Spent,
 }
 
-impl<C: diesel::Connection> Hook<C> {
-    pub(crate) fn kind(&self) -> &'static str {
+impl<C: diesel::Connection> crate::queue::QueuedHook for Hook<C> {
+    type Commit = CommitHook<C>;
+
+    fn kind(&self) -> &'static str {
         match self {
             Hook::Commit(CommitHook::Plain(_)) => "on_commit",
             Hook::Commit(CommitHook::Robust(_)) => "on_commit_robust",
@@ -183,16 +185,36 @@ impl<C: diesel::Connection> Hook<C> {
             Hook::Spent => "spent",
         }
     }
-}
 
-impl<C: diesel::Connection> crate::queue::QueuedHook for Hook<C> {
     #[inline]
     fn is_before_commit(&self) -> bool {
         matches!(self, Hook::BeforeCommit(_))
     }
 
+    #[inline]
+    fn is_rollback(&self) -> bool {
+        matches!(self, Hook::Rollback(_))
+    }
+
     fn take(&mut self) -> Self {
         std::mem::replace(self, Hook::Spent)
+    }
+
+    #[inline]
+    fn into_commit(self) -> Result<CommitHook<C>, Self> {
+        match self {
+            Hook::Commit(hook) => Ok(hook),
+            other => Err(other),
+        }
+    }
+
+    /// The sync wrapper runs an `on_rollback` hook at once.
+    #[inline]
+    fn rolled_back(self, label: &HookLabel, panics: &mut FirstPanic) -> Option<Self> {
+        if let Hook::Rollback(f) = self {
+            run_plain(f, label, panics);
+        }
+        None
     }
 }
 
@@ -229,7 +251,7 @@ impl FirstPanic {
         Self { panic: None }
     }
 
-    fn record(&mut self, label: HookLabel, payload: Box<dyn Any + Send>) {
+    pub(crate) fn record(&mut self, label: HookLabel, payload: Box<dyn Any + Send>) {
         if self.panic.is_none() {
             self.panic = Some((label, payload));
         } else {

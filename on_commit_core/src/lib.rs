@@ -9,7 +9,7 @@
 //! | file | rules |
 //! |---|---|
 //! | `connection.rs` | the wrapper and its delegation of Diesel's traits |
-//! | `transaction.rs` | begin, commit, rollback, panic guard, foreign and broken transactions (3, 4, 5, 7, 8, 9) |
+//! | `transaction.rs` | begin, commit, rollback, panic guard (3, 4, 5, 7), driving the shared rules of `state.rs` |
 //! | `queue.rs` | levels, merge, discard, order, cost (1, 3, 4, 13, 14) |
 //! | `hook.rs` | hook kinds, labels, return types, panic isolation (6) |
 //! | `register.rs` | registration and the outside-a-transaction policy (1, 2) |
@@ -17,12 +17,28 @@
 //! | `builder.rs`, `retry.rs` | isolation levels and modes; retrying serialization failures |
 //! | `atomic.rs` | what `#[atomic]` calls: the guard for any connection (7) |
 //! | `atomic_options.rs` | what `#[atomic(isolation = .., retry = ..)]` calls |
-//! | `connection.rs` (`Drop`) | dropping a wrapper mid-transaction (10) |
+//! | `state.rs` | the levels kept in line with the inner connection, for both wrappers (2, 4, 5.3, 8, 9, 10) |
+//! | `async_connection.rs` | `AsyncHookedConnection` and its delegation of diesel-async's traits |
+//! | `async_transaction.rs` | the async transaction manager; cancellation |
+//! | `async_hook.rs` | async hook kinds; awaiting hooks; hooks left due by a dropped future |
+//! | `async_register.rs`, `async_testing.rs` | registration, test transactions and capture on the async wrapper |
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations)]
 
 mod atomic;
+#[cfg(feature = "async")]
+mod async_atomic;
+#[cfg(feature = "async")]
+mod async_connection;
+#[cfg(feature = "async")]
+mod async_hook;
+#[cfg(feature = "async")]
+mod async_register;
+#[cfg(feature = "async")]
+mod async_testing;
+#[cfg(feature = "async")]
+mod async_transaction;
 mod atomic_options;
 mod builder;
 mod connection;
@@ -30,6 +46,7 @@ mod hook;
 mod queue;
 mod register;
 mod retry;
+mod state;
 mod testing;
 mod transaction;
 
@@ -42,6 +59,14 @@ pub use crate::builder::PgTransactionOptions;
 #[cfg(feature = "sqlite")]
 pub use crate::builder::SqliteTransactionMode;
 pub use crate::builder::{BeginStatement, IsolationLevel, NoRetry, TransactionBuilder};
+#[cfg(feature = "async")]
+pub use crate::async_connection::{AsyncHookedConnection, Observed};
+#[cfg(feature = "async")]
+pub use crate::async_hook::AsyncHookFn;
+#[cfg(feature = "async")]
+pub use crate::async_testing::AsyncCapturedHooks;
+#[cfg(feature = "async")]
+pub use crate::async_transaction::AsyncHookedTransactionManager;
 pub use crate::connection::HookedConnection;
 pub use crate::hook::{HookLabel, HookPanics, HookResult, OutsideTransaction};
 pub use crate::register::TransactionHooks;
@@ -55,6 +80,8 @@ pub mod prelude {
         Capture, CapturedHooks, HookPanics, HookedConnection, OutsideTransaction, RetryPolicy,
         TransactionHooks,
     };
+    #[cfg(feature = "async")]
+    pub use crate::{AsyncCapturedHooks, AsyncHookedConnection};
 }
 
 /// Items the macros' expansions name. Not public API: no stability promise.
@@ -62,5 +89,9 @@ pub mod prelude {
 pub mod __private {
     pub use crate::atomic::{atomic, AtomicReturn};
     pub use crate::atomic_options::*;
+    #[cfg(feature = "async")]
+    pub use crate::async_atomic::*;
     pub use diesel;
+    #[cfg(feature = "async")]
+    pub use diesel_async;
 }

@@ -11,17 +11,36 @@
 
 use std::vec::Drain;
 
-use crate::hook::HookLabel;
+use crate::hook::{FirstPanic, HookLabel};
 
-/// What the queue needs to know of a hook. The queue's rules (levels,
-/// merge, discard, order) are written once, for any hook type: the sync
-/// wrapper's `Hook<C>` and, later, the async wrapper's.
-pub(crate) trait QueuedHook {
+/// What the queue and the shared rules (`state.rs`) need to know of a hook.
+/// The rules (levels, merge, discard, order, rule 2's placement, rule 9) are
+/// written once, for any hook type: the sync wrapper's `Hook<C>` and the
+/// async wrapper's `AsyncHook<C>`.
+pub(crate) trait QueuedHook: Sized {
+    /// The `on_commit`-kind hooks of this flavour (what a capture keeps).
+    type Commit;
+    /// `on_commit`, `on_rollback`, ...: for messages.
+    fn kind(&self) -> &'static str;
     /// Whether this is a `before_commit` hook (they run at the outermost
     /// commit, before COMMIT, in order; rule 5.1).
     fn is_before_commit(&self) -> bool;
+    /// Whether this is an `on_rollback`-kind hook.
+    fn is_rollback(&self) -> bool;
     /// Takes the hook out, leaving a spent marker in its queue slot.
     fn take(&mut self) -> Self;
+    /// The `on_commit`-kind hook this is, or `self` back.
+    fn into_commit(self) -> Result<Self::Commit, Self>;
+    /// Its level rolled back (rule 4): an `on_rollback` hook runs now
+    /// (sync, its panic recorded in `panics`) or is handed back to be run
+    /// later, in order (async); any other hook is dropped.
+    fn rolled_back(self, label: &HookLabel, panics: &mut FirstPanic) -> Option<Self>;
+    /// Hooks that were due when their wrapper went away: they run on a task
+    /// or are reported, never inside `Drop` (async). The sync wrapper never
+    /// leaves any.
+    fn orphaned(due: Vec<Entry<Self>>, why: &'static str) {
+        debug_assert!(due.is_empty(), "{why}");
+    }
 }
 
 /// A hook and its label, as queued.

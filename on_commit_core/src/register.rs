@@ -8,9 +8,8 @@ use diesel::connection::Connection;
 use diesel::result::QueryResult;
 
 use crate::connection::HookedConnection;
-use crate::hook::{self, CommitHook, FirstPanic, Hook, HookLabel, HookResult, OutsideTransaction};
-use crate::queue::Entry;
-use crate::transaction::DepthCheck;
+use crate::hook::{self, CommitHook, Hook, HookLabel, HookResult};
+use crate::state::DepthCheck;
 
 /// Registering transaction hooks, for code that is generic over the
 /// connection wrapper (`HookedConnection<C>`, and later the async one).
@@ -42,7 +41,7 @@ use crate::transaction::DepthCheck;
 )]
 pub trait TransactionHooks {
     /// Runs `f` after the outermost COMMIT succeeded; discarded on rollback.
-    /// Outside a transaction the connection's [`OutsideTransaction`] policy
+    /// Outside a transaction the connection's [`OutsideTransaction`](crate::OutsideTransaction) policy
     /// decides. See [`HookedConnection::on_commit`].
     #[track_caller]
     fn on_commit<F, R>(&mut self, f: F)
@@ -102,7 +101,7 @@ impl<C: Connection> HookedConnection<C> {
     ///   released with a savepoint into the enclosing level, discarded if a
     ///   level it is in rolls back, run after COMMIT in registration order
     ///   (rules 1, 3, 4, 5).
-    /// * Outside a transaction the [`OutsideTransaction`] policy decides; by
+    /// * Outside a transaction the [`OutsideTransaction`](crate::OutsideTransaction) policy decides; by
     ///   default it runs at once, as in Django (rule 2).
     /// * `f` returns `()` or a `Result`; an `Err` is logged at ERROR with the
     ///   hook's label and does not stop the hooks after it.
@@ -279,94 +278,26 @@ impl<C: Connection> HookedConnection<C> {
         self.register(label, Hook::Rollback(f));
     }
 
-    /// Queues `hook` at the current level, or applies rule 2 at `d == 0`.
+    /// Queues `hook` at the current level, or applies rule 2 at `d == 0`
+    /// (see [`HookState::place`](crate::state::HookState::place)): an
+    /// `on_commit`-kind hook the policy lets run runs at once.
     #[inline]
     fn register(&mut self, label: HookLabel, hook: Hook<C>) {
         let check = self.sync();
-        if check == DepthCheck::Matches && self.state.levels >= 1 {
-            let level = self.state.levels;
-            self.state.queue.push(level, Entry { label, hook });
-        } else {
-            self.register_slow(check, label, hook);
+        if let Some(hook) = self.state.place(check, label, hook) {
+            self.run_at_once(label, hook);
         }
     }
 
-    /// `register` outside a transaction, or in a foreign or broken one.
     #[cold]
     #[inline(never)]
-    fn register_slow(&mut self, check: DepthCheck, label: HookLabel, hook: Hook<C>) {
-        match check {
-            DepthCheck::Matches => {}
-            DepthCheck::Broken => return self.register_on_broken(label, hook),
-            DepthCheck::Foreign => panic!(
-                "{} hook {label} registered while the connection is in a transaction that \
-                 HookedConnection did not open (begun on inner_mut() or through the inner \
-                 TransactionManager); open transactions with HookedConnection::transaction()",
-                hook.kind()
-            ),
-        }
-        if self.state.levels >= 1 {
-            let level = self.state.levels;
-            self.state.queue.push(level, Entry { label, hook });
-            return;
-        }
-        let exempt = self.state.running_commit_hooks > 0;
-        match hook {
-            Hook::Commit(hook) => {
-                match self.state.outside {
-                    _ if exempt => {}
-                    OutsideTransaction::Run => {}
-                    OutsideTransaction::WarnAndRun => tracing::warn!(
-                        hook = %label,
-                        "on_commit hook {label} registered outside a transaction: it runs at once"
-                    ),
-                    OutsideTransaction::Panic => panic!(
-                        "on_commit hook {label} registered outside a transaction \
-                         (OutsideTransaction::Panic): open a transaction first"
-                    ),
-                }
-                let panics = self.run_commit_hooks([(label, hook)]);
-                panics.finish(
-                    self.state.hook_panics,
-                    false,
-                    "while running at once outside a transaction",
-                );
-            }
-            Hook::Rollback(_) => match self.state.outside {
-                OutsideTransaction::Run => {
-                    tracing::debug!(hook = %label, "on_rollback hook outside a transaction: dropped")
-                }
-                OutsideTransaction::WarnAndRun => tracing::warn!(
-                    hook = %label,
-                    "on_rollback hook {label} registered outside a transaction: dropped, it can never run"
-                ),
-                OutsideTransaction::Panic => panic!(
-                    "on_rollback hook {label} registered outside a transaction \
-                     (OutsideTransaction::Panic): there is nothing to roll back"
-                ),
-            },
-            Hook::BeforeCommit(_) => panic!(
-                "before_commit hook {label} registered outside a transaction: autocommit \
-                 already committed, there is nothing to veto; open a transaction first"
-            ),
-            Hook::Spent => {}
-        }
-    }
-
-    /// Rule 9: on a broken connection a new `on_rollback` hook runs at once;
-    /// other hooks are dropped with an ERROR log.
-    fn register_on_broken(&mut self, label: HookLabel, hook: Hook<C>) {
-        if let Hook::Rollback(f) = hook {
-            let mut panics = FirstPanic::new();
-            hook::run_plain(f, &label, &mut panics);
-            panics.finish(self.state.hook_panics, false, "on a broken connection");
-        } else {
-            tracing::error!(
-                hook = %label,
-                "{} hook {label} registered on a broken connection: dropped, it will never run",
-                hook.kind()
-            );
-        }
+    fn run_at_once(&mut self, label: HookLabel, hook: CommitHook<C>) {
+        let panics = self.run_commit_hooks([(label, hook)]);
+        panics.finish(
+            self.state.hook_panics,
+            false,
+            "while running at once outside a transaction",
+        );
     }
 }
 

@@ -24,10 +24,37 @@ pub enum Capture {
     Execute,
 }
 
-pub(crate) struct CaptureState<C: Connection> {
+/// An open capture (rule 12), for either wrapper: `K` is its
+/// `on_commit`-kind hook type.
+pub(crate) struct CaptureState<K> {
     pub(crate) mode: Capture,
     pub(crate) labels: Vec<HookLabel>,
-    pub(crate) hooks: Vec<CommitHook<C>>,
+    pub(crate) hooks: Vec<K>,
+}
+
+impl<K> CaptureState<K> {
+    pub(crate) const fn new(mode: Capture) -> Self {
+        Self {
+            mode,
+            labels: Vec::new(),
+            hooks: Vec::new(),
+        }
+    }
+
+    /// An `on_commit`-kind hook is about to run: record its label, and keep
+    /// it (`None`) under [`Capture::Collect`] or hand it back to be run
+    /// (`Some`) under [`Capture::Execute`].
+    #[inline]
+    pub(crate) fn capture(&mut self, label: HookLabel, hook: K) -> Option<K> {
+        self.labels.push(label);
+        match self.mode {
+            Capture::Collect => {
+                self.hooks.push(hook);
+                None
+            }
+            Capture::Execute => Some(hook),
+        }
+    }
 }
 
 /// The `on_commit`-kind hooks captured by
@@ -118,11 +145,7 @@ impl<C: Connection> HookedConnection<C> {
             self.state.capture.is_none(),
             "capture_on_commit cannot be nested inside another capture_on_commit"
         );
-        self.state.capture = Some(CaptureState {
-            mode,
-            labels: Vec::new(),
-            hooks: Vec::new(),
-        });
+        self.state.capture = Some(CaptureState::new(mode));
         let result = panic::catch_unwind(AssertUnwindSafe(|| body(&mut *self)));
         let state = self
             .state

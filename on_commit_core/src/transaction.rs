@@ -10,14 +10,12 @@
 use std::marker::PhantomData;
 use std::panic::{self, AssertUnwindSafe};
 
-use diesel::connection::{
-    Connection, TransactionManager, TransactionManagerStatus, ValidTransactionManagerStatus,
-};
-use diesel::result::{DatabaseErrorInformation, DatabaseErrorKind, Error, QueryResult};
+use diesel::connection::{Connection, TransactionManager, TransactionManagerStatus};
+use diesel::result::{Error, QueryResult};
 
-use crate::connection::{HookState, HookedConnection, Touch};
+use crate::connection::HookedConnection;
 use crate::hook::{self, CommitHook, FirstPanic, Hook, HookLabel};
-use crate::testing::Capture;
+use crate::state::{depth_of, DepthCheck};
 
 type Inner<C> = <C as Connection>::TransactionManager;
 
@@ -35,303 +33,26 @@ impl<C> std::fmt::Debug for HookedTransactionManager<C> {
     }
 }
 
-/// How the wrapper's levels compare with the inner connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum DepthCheck {
-    /// The inner depth is the baseline plus the wrapper's levels.
-    Matches,
-    /// The inner connection is deeper: a transaction the wrapper did not open.
-    Foreign,
-    /// The inner transaction manager is in error, or the connection was lost.
-    Broken,
-}
-
 /// The inner connection's depth, or `None` when its manager is in error.
 #[inline]
 pub(crate) fn real_depth<C: Connection>(inner: &mut C) -> Option<u32> {
-    match Inner::<C>::transaction_manager_status_mut(inner).transaction_depth() {
-        Ok(depth) => Some(depth.map_or(0, |d| d.get())),
-        Err(_) => None,
-    }
-}
-
-/// Diesel's flag for "the database aborted this transaction": set by
-/// PostgreSQL after a failed statement, by MySQL after a deadlock.
-fn requires_rollback<C: Connection>(inner: &mut C) -> bool {
-    matches!(
-        Inner::<C>::transaction_manager_status_mut(inner),
-        TransactionManagerStatus::Valid(ValidTransactionManagerStatus {
-            in_transaction: Some(status),
-            ..
-        }) if status.requires_rollback_maybe_up_to_top_level
-    )
-}
-
-/// The first database error seen inside the user transaction (rule 5.3).
-pub(crate) struct AbortCause {
-    level: u32,
-    kind: DatabaseErrorKind,
-    info: RecordedInfo,
-    /// The server rolled back the whole transaction (an InnoDB deadlock):
-    /// no savepoint rollback revives it, and Diesel may not know (its MySQL
-    /// `batch_execute` reports 1213 as `Unknown` and sets no flag).
-    aborts_all: bool,
-}
-
-impl AbortCause {
-    fn into_error(self) -> Error {
-        Error::DatabaseError(self.kind, Box::new(self.info))
-    }
-}
-
-/// A copy of a database error's details, to return an error "of the same
-/// kind and message" after the original was swallowed by the body.
-#[derive(Debug, Clone)]
-struct RecordedInfo {
-    message: String,
-    details: Option<String>,
-    hint: Option<String>,
-    table_name: Option<String>,
-    column_name: Option<String>,
-    constraint_name: Option<String>,
-    statement_position: Option<i32>,
-}
-
-impl RecordedInfo {
-    fn of(info: &dyn DatabaseErrorInformation) -> Self {
-        Self {
-            message: info.message().to_owned(),
-            details: info.details().map(str::to_owned),
-            hint: info.hint().map(str::to_owned),
-            table_name: info.table_name().map(str::to_owned),
-            column_name: info.column_name().map(str::to_owned),
-            constraint_name: info.constraint_name().map(str::to_owned),
-            statement_position: info.statement_position(),
-        }
-    }
-}
-
-impl DatabaseErrorInformation for RecordedInfo {
-    fn message(&self) -> &str {
-        &self.message
-    }
-    fn details(&self) -> Option<&str> {
-        self.details.as_deref()
-    }
-    fn hint(&self) -> Option<&str> {
-        self.hint.as_deref()
-    }
-    fn table_name(&self) -> Option<&str> {
-        self.table_name.as_deref()
-    }
-    fn column_name(&self) -> Option<&str> {
-        self.column_name.as_deref()
-    }
-    fn constraint_name(&self) -> Option<&str> {
-        self.constraint_name.as_deref()
-    }
-    fn statement_position(&self) -> Option<i32> {
-        self.statement_position
-    }
-}
-
-/// MySQL and MariaDB report a lost connection as an unknown error.
-fn is_lost_connection(kind: DatabaseErrorKind, message: &str) -> bool {
-    kind == DatabaseErrorKind::ClosedConnection
-        || message.contains("server has gone away")
-        || message.contains("Lost connection to")
-        || message.contains("server closed the connection unexpectedly")
-}
-
-impl<C: Connection> HookState<C> {
-    /// A database error came back through the wrapper.
-    pub(crate) fn observe_error(&mut self, error: &Error) {
-        self.touch = Touch::Failed;
-        if let Error::DatabaseError(kind, info) = error {
-            if is_lost_connection(*kind, info.message()) {
-                self.lost = true;
-            }
-            let deadlock = is_innodb_deadlock(info.message());
-            // Keep the first error, unless a later one is the serialization
-            // failure or deadlock that made the database abort (MySQL only
-            // aborts for those; PostgreSQL for the first error already).
-            let replace = match &self.abort_cause {
-                None => true,
-                Some(cause) => {
-                    (deadlock && !cause.aborts_all)
-                        || (*kind == DatabaseErrorKind::SerializationFailure
-                            && cause.kind != DatabaseErrorKind::SerializationFailure)
-                }
-            };
-            if self.levels > 0 && replace {
-                self.abort_cause = Some(AbortCause {
-                    level: self.levels,
-                    // Diesel maps 1213 to `SerializationFailure` on prepared
-                    // statements only; report it the same on both paths.
-                    kind: if deadlock {
-                        DatabaseErrorKind::SerializationFailure
-                    } else {
-                        *kind
-                    },
-                    info: RecordedInfo::of(&**info),
-                    aborts_all: deadlock,
-                });
-            }
-        }
-    }
-
-    /// The recorded cause says the whole transaction is gone.
-    pub(crate) fn aborted_by_server(&self) -> bool {
-        self.abort_cause.as_ref().is_some_and(|c| c.aborts_all)
-    }
-
-    /// Level `level` was rolled back while the database may still consider
-    /// the transaction aborted (`still_aborted`): keep the cause for the
-    /// enclosing level then, else forget it.
-    pub(crate) fn cause_after_rollback(&mut self, level: u32, still_aborted: bool) {
-        if level <= 1 {
-            self.abort_cause = None;
-        } else if let Some(cause) = &mut self.abort_cause {
-            if still_aborted || cause.aborts_all {
-                cause.level = cause.level.min(level - 1);
-            } else if cause.level >= level {
-                self.abort_cause = None;
-            }
-        }
-    }
-
-    /// Level `level` and every level above it rolled back (rule 4): their
-    /// hooks are discarded, then their `on_rollback` hooks run in
-    /// registration order. Hooks of the enclosing levels stay.
-    pub(crate) fn rolled_back(&mut self, level: u32) {
-        if self.queue.is_empty() {
-            return;
-        }
-        let policy = self.hook_panics;
-        let never_resume = self.unwinding > 0 || std::thread::panicking();
-        let mut panics = FirstPanic::new();
-        for entry in self.queue.take_from_level(level) {
-            if let Hook::Rollback(f) = entry.hook {
-                hook::run_plain(f, &entry.label, &mut panics);
-            }
-        }
-        panics.finish(policy, never_resume, "after a rollback");
-    }
-
-    /// The connection is broken or lost (rule 9): every queued hook is
-    /// discarded, the `on_rollback` hooks run, no `on_commit` hook ever will.
-    pub(crate) fn connection_broken(&mut self) {
-        if self.levels > 0 || !self.queue.is_empty() {
-            tracing::error!(
-                levels = self.levels,
-                queued = self.queue.len(),
-                "the connection broke inside a transaction: its on_commit hooks are discarded, \
-                 its on_rollback hooks run (the outcome of an unfinished COMMIT is unknown)"
-            );
-        }
-        self.levels = 0;
-        self.baseline = false;
-        self.abort_cause = None;
-        self.rolled_back(1);
-    }
-
-    /// Levels the wrapper opened vanished without it committing or rolling
-    /// them back.
-    ///
-    /// * Right after a statement failed through the wrapper (SQLite rolls
-    ///   the whole transaction back on `RAISE(ROLLBACK)` or a full disk, and
-    ///   Diesel notices): a failed statement commits nothing, so this is a
-    ///   rollback (rule 4): their `on_rollback` hooks run, and the error is
-    ///   kept to be returned from `transaction()`.
-    /// * Otherwise (a raw COMMIT or ROLLBACK, a reset) the wrapper cannot know
-    ///   what happened, so neither kind of their hooks runs (rule 8).
-    fn levels_vanished(&mut self, real: u32) {
-        let baseline = self.baseline && real >= 1;
-        let kept = real - u32::from(baseline);
-        let vanished = self.levels - kept;
-        self.levels = kept;
-        self.baseline = baseline;
-        if self.touch == Touch::Failed && vanished > 0 {
-            tracing::debug!(
-                vanished,
-                "the database rolled back the transaction after a failed statement"
-            );
-            if let Some(cause) = &mut self.abort_cause {
-                cause.level = cause.level.min(kept);
-            }
-            self.rolled_back(kept + 1);
-            return;
-        }
-        let discarded = self.queue.take_from_level(kept + 1).count();
-        tracing::error!(
-            vanished,
-            test_transaction_vanished = !baseline && real == 0,
-            discarded_hooks = discarded,
-            "transaction levels opened by HookedConnection were closed behind its back \
-             (a raw COMMIT/ROLLBACK or a reset): their hooks are discarded, none runs"
-        );
-        self.abort_cause = None;
-    }
-}
-
-/// InnoDB's deadlock (1213): the server rolled the whole transaction back.
-fn is_innodb_deadlock(message: &str) -> bool {
-    message.starts_with("Deadlock found when trying to get lock")
+    depth_of(Inner::<C>::transaction_manager_status_mut(inner))
 }
 
 impl<C: Connection> HookedConnection<C> {
     /// Brings the wrapper's levels in line with the inner connection (rules
-    /// 8 and 9); called at every step. In the common case it is a flag test
-    /// (nothing touched the inner connection since the last check) or one
-    /// status read and a comparison, inlined.
+    /// 8 and 9); called at every step. See [`HookState::sync`].
     #[inline]
     pub(crate) fn sync(&mut self) -> DepthCheck {
-        // Nothing reached the inner connection since the last check: the
-        // levels are still right (see `Touch`), no need to read the depth.
-        if self.state.touch == Touch::Checked {
-            return DepthCheck::Matches;
-        }
-        let expected = u32::from(self.state.baseline) + self.state.levels;
-        match real_depth(&mut self.inner) {
-            Some(real)
-                if real == expected && !self.state.lost && self.state.touch != Touch::Failed =>
-            {
-                self.state.touch = Touch::Checked;
-                DepthCheck::Matches
-            }
-            real => self.sync_slow(real),
-        }
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn sync_slow(&mut self, real: Option<u32>) -> DepthCheck {
-        let real = match real {
-            Some(real) if !self.state.lost => real,
-            _ => {
-                self.state.connection_broken();
-                return DepthCheck::Broken;
-            }
-        };
-        let expected = u32::from(self.state.baseline) + self.state.levels;
-        if real < expected {
-            self.state.levels_vanished(real);
-        }
-        if real > expected {
-            self.state.touch = Touch::Unchecked;
-            DepthCheck::Foreign
-        } else {
-            self.state.touch = Touch::Checked;
-            DepthCheck::Matches
-        }
+        self.state
+            .sync(Inner::<C>::transaction_manager_status_mut(&mut self.inner))
     }
 
     /// User depth `d`: the inner depth minus the test-transaction baseline.
     #[inline]
     pub(crate) fn user_depth(&mut self) -> u32 {
-        real_depth(&mut self.inner)
-            .unwrap_or(0)
-            .saturating_sub(u32::from(self.state.baseline))
+        self.state
+            .user_depth(Inner::<C>::transaction_manager_status_mut(&mut self.inner))
     }
 
     /// Runs one `on_commit`-kind hook now, or hands it to the open capture
@@ -343,13 +64,13 @@ impl<C: Connection> HookedConnection<C> {
         label: HookLabel,
         panics: &mut FirstPanic,
     ) {
-        if let Some(capture) = &mut self.state.capture {
-            capture.labels.push(label);
-            if capture.mode == Capture::Collect {
-                capture.hooks.push(hook);
-                return;
-            }
-        }
+        let hook = match &mut self.state.capture {
+            Some(capture) => match capture.capture(label, hook) {
+                Some(hook) => hook,
+                None => return,
+            },
+            None => hook,
+        };
         hook::run_commit_hook(self, hook, &label, panics);
     }
 
@@ -417,7 +138,7 @@ impl<C: Connection> HookedTransactionManager<C> {
                 // The level is already gone: the database rolled it back
                 // after a failed statement the body swallowed (its hooks
                 // were handled then), or it was closed behind our back.
-                Err(Self::level_gone_error(conn).into())
+                Err(conn.state.take_level_gone_error().into())
             }
             Ok(Ok(value)) => match Self::commit_transaction(conn) {
                 Ok(()) => Ok(value),
@@ -450,13 +171,7 @@ impl<C: Connection> HookedTransactionManager<C> {
         conn.sync();
         conn.state.touched();
         begin_inner(&mut conn.inner)?;
-        conn.state.levels += 1;
-        if conn.state.levels == 1 {
-            conn.state.abort_cause = None;
-            // BEGIN went through: whatever error looked like a lost
-            // connection, this one answers.
-            conn.state.lost = false;
-        }
+        conn.state.began();
         Ok(())
     }
 
@@ -491,35 +206,12 @@ impl<C: Connection> HookedTransactionManager<C> {
     /// Rule 5.3: the database aborted the transaction (a statement error the
     /// body swallowed). Roll back and return the error that aborted it.
     fn roll_back_aborted(conn: &mut HookedConnection<C>) -> Error {
-        let error = match conn.state.abort_cause.take() {
-            Some(cause) => cause.into_error(),
-            None => Error::DatabaseError(
-                DatabaseErrorKind::Unknown,
-                Box::new(String::from(
-                    "the transaction had been aborted by the database after an earlier error \
-                     (which did not pass through HookedConnection); it was rolled back, not committed",
-                )),
-            ),
-        };
+        let error = conn.state.take_abort_error();
         tracing::debug!(
             "transaction aborted by an earlier error; rolling back instead of committing: {error}"
         );
         let _ = Self::roll_back_level(conn, conn.state.levels);
         error
-    }
-
-    /// The error for a level that closed without the wrapper.
-    fn level_gone_error(conn: &mut HookedConnection<C>) -> Error {
-        match conn.state.abort_cause.take() {
-            Some(cause) => cause.into_error(),
-            None => Error::DatabaseError(
-                DatabaseErrorKind::Unknown,
-                Box::new(String::from(
-                    "the transaction was closed behind HookedConnection's back (a raw COMMIT or \
-                     ROLLBACK, or a reset); its outcome is unknown and its hooks were discarded",
-                )),
-            ),
-        }
     }
 
     /// Rolls back until the wrapper's levels are below `level` (the body may
@@ -563,19 +255,8 @@ impl<C: Connection> TransactionManager<HookedConnection<C>> for HookedTransactio
         let before = real_depth(&mut conn.inner).unwrap_or(0);
         conn.state.touched();
         let result = Inner::<C>::rollback_transaction(&mut conn.inner);
-        match real_depth(&mut conn.inner) {
-            None => conn.state.connection_broken(),
-            Some(after) if after < before => {
-                conn.state.levels -= 1;
-                let still_aborted = requires_rollback(&mut conn.inner);
-                conn.state.cause_after_rollback(level, still_aborted);
-                conn.state.rolled_back(level);
-                if after + 1 < before {
-                    conn.sync();
-                }
-            }
-            Some(_) => {} // nothing was rolled back; the level stays open
-        }
+        let status = Inner::<C>::transaction_manager_status_mut(&mut conn.inner);
+        conn.state.after_rollback(level, before, status);
         result
     }
 
@@ -603,35 +284,18 @@ impl<C: Connection> TransactionManager<HookedConnection<C>> for HookedTransactio
                 return Err(Error::NotInTransaction);
             }
         }
-        if requires_rollback(&mut conn.inner) || conn.state.aborted_by_server() {
+        if conn
+            .state
+            .aborted(Inner::<C>::transaction_manager_status_mut(&mut conn.inner))
+        {
             return Err(Self::roll_back_aborted(conn));
         }
         let before = real_depth(&mut conn.inner).unwrap_or(0);
         conn.state.touched();
         let result = Inner::<C>::commit_transaction(&mut conn.inner);
-        match real_depth(&mut conn.inner) {
-            None => conn.state.connection_broken(),
-            Some(after) if after < before => {
-                conn.state.levels -= 1;
-                match (&result, level) {
-                    (Ok(()), 1) => conn.fire_commit_hooks(),
-                    (Ok(()), _) => {
-                        conn.state.queue.release(level);
-                        if let Some(cause) = &mut conn.state.abort_cause {
-                            cause.level = cause.level.min(level - 1);
-                        }
-                    }
-                    (Err(_), _) => {
-                        let still_aborted = requires_rollback(&mut conn.inner);
-                        conn.state.cause_after_rollback(level, still_aborted);
-                        conn.state.rolled_back(level);
-                    }
-                }
-                if after + 1 < before {
-                    conn.sync();
-                }
-            }
-            Some(_) => {} // still open: the caller rolls it back
+        let status = Inner::<C>::transaction_manager_status_mut(&mut conn.inner);
+        if conn.state.after_commit(level, before, result.is_ok(), status) {
+            conn.fire_commit_hooks();
         }
         result
     }

@@ -4,6 +4,9 @@
 
 use std::sync::{Arc, Mutex};
 
+#[cfg(feature = "async")]
+pub mod async_conn;
+
 use diesel::prelude::*;
 use diesel_on_commit::HookedConnection;
 

@@ -1,0 +1,1 @@
+//! What `#[atomic]` on an `async fn` expands to call.

@@ -1,0 +1,282 @@
+//! `AsyncHookedConnection<C>`: the async wrapper (diesel-async 0.9) and its
+//! thin, complete delegation of diesel-async's connection traits.
+//!
+//! Every method here is one line of forwarding, except that the futures of
+//! statements show their result to the hook state (`Observed`), which needs
+//! errors for rules 5.3 and 9. Hook logic lives in `async_transaction.rs`,
+//! `async_register.rs`, `async_testing.rs` and the shared `state.rs`.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use diesel::connection::{CacheSize, Instrumentation};
+use diesel::query_builder::{AsQuery, QueryFragment, QueryId};
+use diesel::result::{ConnectionResult, Error, QueryResult};
+use diesel_async::pooled_connection::PoolableConnection;
+use diesel_async::{AsyncConnection, AsyncConnectionCore, SimpleAsyncConnection, TransactionManager};
+
+use crate::async_hook::{AsyncHook, AsyncHookFn};
+use crate::async_transaction::AsyncHookedTransactionManager;
+use crate::hook::{HookPanics, OutsideTransaction};
+use crate::state::{HookState, Touch};
+
+/// An async Diesel connection (diesel-async 0.9) that runs transaction
+/// hooks: the same contract as [`HookedConnection`](crate::HookedConnection),
+/// plus hooks that are futures ([`on_commit_async`], [`on_rollback_async`])
+/// and async closures ([`on_commit_with`], [`before_commit`]), all awaited
+/// in one registration order.
+///
+/// It wraps any `C: diesel_async::AsyncConnection` (`AsyncPgConnection`,
+/// `AsyncMysqlConnection`, `SyncConnectionWrapper<SqliteConnection>`) and is
+/// itself one, so diesel-async's query methods and pools (bb8, deadpool,
+/// mobc: `AsyncDieselConnectionManager<AsyncHookedConnection<C>>`) work
+/// through it.
+///
+/// **Cancellation.** A caller's future can be dropped at any `.await`:
+///
+/// 1. before COMMIT was sent: nothing is committed; the connection is marked
+///    broken (pools drop it), its `on_commit` hooks are discarded and its
+///    `on_rollback` hooks are due;
+/// 2. after COMMIT succeeded, while hooks run: the hooks still due (sync and
+///    async, the one being awaited included when it does not hold the
+///    connection) run in registration order on one task spawned on the
+///    current tokio runtime (feature `tokio`); without one, each is logged
+///    at ERROR with its label;
+/// 3. while COMMIT is in flight: the outcome is unknown and counts as failed
+///    (rule 9): `on_commit` hooks do not run, `on_rollback` hooks do, for
+///    work that may in fact have committed.
+///
+/// No user hook runs inside `Drop`: hooks due there go the way of case 2.
+///
+/// [`on_commit_async`]: AsyncHookedConnection::on_commit_async
+/// [`on_rollback_async`]: AsyncHookedConnection::on_rollback_async
+/// [`on_commit_with`]: AsyncHookedConnection::on_commit_with
+/// [`before_commit`]: AsyncHookedConnection::before_commit
+pub struct AsyncHookedConnection<C: AsyncConnection> {
+    pub(crate) inner: C,
+    pub(crate) state: HookState<AsyncHook<C>>,
+}
+
+impl<C: AsyncConnection> AsyncHookedConnection<C> {
+    /// Wraps a connection. It must not be inside a transaction: one opened
+    /// before wrapping is not the wrapper's and registering a hook in it
+    /// panics (SPEC rule 8).
+    pub fn new(inner: C) -> Self {
+        Self {
+            inner,
+            state: HookState::new(),
+        }
+    }
+
+    /// The inner connection.
+    pub fn inner(&self) -> &C {
+        &self.inner
+    }
+
+    /// The inner connection, for backend-specific methods and for helpers
+    /// that only run queries. A transaction begun on it is not the
+    /// wrapper's (rule 8).
+    pub fn inner_mut(&mut self) -> &mut C {
+        self.state.touched();
+        &mut self.inner
+    }
+
+    /// Unwraps the connection. With an open user transaction, every queued
+    /// hook is discarded with a warning: none of them runs (rule 10).
+    pub fn into_inner(mut self) -> C {
+        if !self.state.queue.is_empty() || self.state.levels > 0 {
+            tracing::warn!(
+                discarded = self.state.queue.len(),
+                levels = self.state.levels,
+                "AsyncHookedConnection::into_inner with an open transaction: its hooks are discarded, none runs"
+            );
+            drop(self.state.queue.take_all());
+            self.state.levels = 0;
+        }
+        let Self { inner, state } = self;
+        drop(state);
+        inner
+    }
+
+    /// What registering an `on_commit`-kind hook outside a transaction does
+    /// (SPEC rule 2); the default is [`OutsideTransaction::Run`].
+    pub fn set_outside_transaction(&mut self, policy: OutsideTransaction) {
+        self.state.outside = policy;
+    }
+
+    /// What a hook's panic does once the other hooks ran (SPEC rule 6); the
+    /// default is [`HookPanics::Resume`].
+    pub fn set_hook_panics(&mut self, policy: HookPanics) {
+        self.state.hook_panics = policy;
+    }
+}
+
+impl<C: AsyncConnection> fmt::Debug for AsyncHookedConnection<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncHookedConnection")
+            .field("inner", &std::any::type_name::<C>())
+            .field("levels", &self.state.levels)
+            .field("test_transaction", &self.state.baseline)
+            .field("queued_hooks", &self.state.queue.len())
+            .field("outside_transaction", &self.state.outside)
+            .field("hook_panics", &self.state.hook_panics)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a statement's future tells the hook state when it completes.
+pub(crate) trait Observe: Send {
+    /// `None`: the statement succeeded; else its error.
+    fn observed(&mut self, error: Option<&Error>);
+}
+
+impl<C: AsyncConnection> Observe for HookState<AsyncHook<C>> {
+    #[inline]
+    fn observed(&mut self, error: Option<&Error>) {
+        match error {
+            None => self.touch = Touch::Unchecked,
+            Some(error) => self.observe_error(error),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of a statement run through [`AsyncHookedConnection`]: the
+    /// inner connection's future, whose result is shown to the hook state.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Observed<'s, F> {
+        #[pin]
+        future: F,
+        state: &'s mut (dyn Observe + 's),
+    }
+}
+
+impl<F> fmt::Debug for Observed<'_, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Observed")
+    }
+}
+
+impl<F, T> Future for Observed<'_, F>
+where
+    F: Future<Output = QueryResult<T>>,
+{
+    type Output = QueryResult<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.future.poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(result) => {
+                this.state.observed(result.as_ref().err());
+                Poll::Ready(result)
+            }
+        }
+    }
+}
+
+impl<C: AsyncConnection> SimpleAsyncConnection for AsyncHookedConnection<C> {
+    async fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
+        let Self { inner, state } = self;
+        Observed {
+            future: inner.batch_execute(query),
+            state,
+        }
+        .await
+    }
+}
+
+impl<C: AsyncConnection> AsyncConnectionCore for AsyncHookedConnection<C> {
+    type ExecuteFuture<'conn, 'query> = Observed<'conn, C::ExecuteFuture<'conn, 'query>>;
+    type LoadFuture<'conn, 'query> = Observed<'conn, C::LoadFuture<'conn, 'query>>;
+    type Stream<'conn, 'query> = C::Stream<'conn, 'query>;
+    type Row<'conn, 'query> = C::Row<'conn, 'query>;
+    type Backend = C::Backend;
+
+    fn load<'conn, 'query, T>(&'conn mut self, source: T) -> Self::LoadFuture<'conn, 'query>
+    where
+        T: AsQuery + 'query,
+        T::Query: QueryFragment<Self::Backend> + QueryId + 'query,
+    {
+        let Self { inner, state } = self;
+        Observed {
+            future: inner.load(source),
+            state,
+        }
+    }
+
+    fn execute_returning_count<'conn, 'query, T>(
+        &'conn mut self,
+        source: T,
+    ) -> Self::ExecuteFuture<'conn, 'query>
+    where
+        T: QueryFragment<Self::Backend> + QueryId + 'query,
+    {
+        let Self { inner, state } = self;
+        Observed {
+            future: inner.execute_returning_count(source),
+            state,
+        }
+    }
+}
+
+impl<C: AsyncConnection> AsyncConnection for AsyncHookedConnection<C> {
+    type TransactionManager = AsyncHookedTransactionManager<C>;
+
+    async fn establish(database_url: &str) -> ConnectionResult<Self> {
+        C::establish(database_url).await.map(Self::new)
+    }
+
+    fn begin_test_transaction(&mut self) -> impl Future<Output = QueryResult<()>> + Send {
+        crate::async_testing::begin_test_transaction(self)
+    }
+
+    /// The wrapper's [`test_transaction`](AsyncHookedConnection::test_transaction):
+    /// the test transaction is the baseline (rule 11).
+    fn test_transaction<'conn, 'a, R, E, F>(
+        &'conn mut self,
+        f: F,
+    ) -> impl Future<Output = R> + Send + 'conn
+    where
+        for<'r> F: AsyncFnOnce(&'r mut Self) -> Result<R, E>
+            + AsyncHookFn<&'r mut Self, Result<R, E>, Fut: Send>
+            + Send
+            + 'a,
+        E: fmt::Debug + Send + 'a,
+        R: Send + 'a,
+        'a: 'conn,
+    {
+        async move { AsyncHookedConnection::test_transaction(self, f).await }
+    }
+
+    fn transaction_state(
+        &mut self,
+    ) -> &mut <Self::TransactionManager as TransactionManager<Self>>::TransactionStateData {
+        self.state.touched();
+        self.inner.transaction_state()
+    }
+
+    fn instrumentation(&mut self) -> &mut dyn Instrumentation {
+        self.inner.instrumentation()
+    }
+
+    fn set_instrumentation(&mut self, instrumentation: impl Instrumentation) {
+        self.inner.set_instrumentation(instrumentation)
+    }
+
+    fn set_prepared_statement_cache_size(&mut self, size: CacheSize) {
+        self.inner.set_prepared_statement_cache_size(size)
+    }
+}
+
+impl<C: PoolableConnection> PoolableConnection for AsyncHookedConnection<C> {
+    /// Broken when the inner connection is, when the connection was lost,
+    /// or when a user transaction is still open (a caller's future was
+    /// dropped mid-transaction): a pool then drops it rather than hand its
+    /// hooks to the next checkout.
+    fn is_broken(&mut self) -> bool {
+        self.state.lost || self.state.levels > 0 || self.inner.is_broken()
+    }
+}

@@ -1,0 +1,411 @@
+//! The async wrapper's hook kinds, and running them: awaited in registration
+//! order, each with its panic isolated; and what becomes of hooks that were
+//! due when the caller's future was dropped (spawned on the current tokio
+//! runtime in one task, or reported at ERROR; never run inside `Drop`).
+//!
+//! The sync kinds (`on_commit`, `on_commit_robust`, `on_rollback`) are the
+//! sync wrapper's closures (`hook.rs`); the async kinds are boxed futures.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::panic::{self, AssertUnwindSafe};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use diesel::result::QueryResult;
+use diesel_async::AsyncConnection;
+
+use crate::async_connection::AsyncHookedConnection;
+use crate::hook::{self, panic_message, FirstPanic, HookLabel, HookResult, PlainFn};
+use crate::queue::{Entry, QueuedHook};
+
+/// A boxed, `Send` future.
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// `on_commit_with` on the async wrapper: an async closure given the
+/// connection after COMMIT.
+pub(crate) type AsyncWithFn<C> = Box<
+    dyn for<'c> FnOnce(&'c mut AsyncHookedConnection<C>, HookLabel) -> BoxFuture<'c, ()> + Send,
+>;
+/// `before_commit` on the async wrapper.
+pub(crate) type AsyncBeforeFn<C> = Box<
+    dyn for<'c> FnOnce(&'c mut AsyncHookedConnection<C>) -> BoxFuture<'c, QueryResult<()>> + Send,
+>;
+/// A sync closure given the connection (`TransactionHooks::__on_commit_with_labeled`).
+pub(crate) type SyncWithFn<C> = Box<dyn FnOnce(&mut AsyncHookedConnection<C>, &HookLabel) + Send>;
+
+/// An async closure that takes one argument and whose future can be named
+/// (to require it `Send`): what diesel-async's `transaction` asks of its
+/// callback, for hooks that receive the connection. Every `async |conn| ..`
+/// closure implements it.
+pub trait AsyncHookFn<T, R>: AsyncFnOnce(T) -> R + FnOnce(T) -> <Self as AsyncHookFn<T, R>>::Fut {
+    /// The future the closure returns.
+    type Fut: Future<Output = R>;
+}
+
+impl<F, T, Fut, R> AsyncHookFn<T, R> for F
+where
+    F: AsyncFnOnce(T) -> R + FnOnce(T) -> Fut,
+    Fut: Future<Output = R>,
+{
+    type Fut = Fut;
+}
+
+/// An `on_commit`-kind hook of the async wrapper.
+pub(crate) enum AsyncCommitHook<C: AsyncConnection> {
+    Plain(PlainFn),
+    Robust(PlainFn),
+    /// `on_commit_async(future)`; reports its own result.
+    Future(BoxFuture<'static, ()>),
+    With(AsyncWithFn<C>),
+    WithSync(SyncWithFn<C>),
+}
+
+/// Any hook queued on the async wrapper.
+pub(crate) enum AsyncHook<C: AsyncConnection> {
+    Commit(AsyncCommitHook<C>),
+    Rollback(PlainFn),
+    /// `on_rollback_async(future)`; reports its own result.
+    RollbackFuture(BoxFuture<'static, ()>),
+    BeforeCommit(AsyncBeforeFn<C>),
+    /// Left behind in the queue by a `before_commit` hook that already ran.
+    Spent,
+}
+
+impl<C: AsyncConnection> QueuedHook for AsyncHook<C> {
+    type Commit = AsyncCommitHook<C>;
+
+    fn kind(&self) -> &'static str {
+        match self {
+            AsyncHook::Commit(AsyncCommitHook::Plain(_)) => "on_commit",
+            AsyncHook::Commit(AsyncCommitHook::Robust(_)) => "on_commit_robust",
+            AsyncHook::Commit(AsyncCommitHook::Future(_)) => "on_commit_async",
+            AsyncHook::Commit(AsyncCommitHook::With(_) | AsyncCommitHook::WithSync(_)) => {
+                "on_commit_with"
+            }
+            AsyncHook::Rollback(_) => "on_rollback",
+            AsyncHook::RollbackFuture(_) => "on_rollback_async",
+            AsyncHook::BeforeCommit(_) => "before_commit",
+            AsyncHook::Spent => "spent",
+        }
+    }
+
+    #[inline]
+    fn is_before_commit(&self) -> bool {
+        matches!(self, AsyncHook::BeforeCommit(_))
+    }
+
+    #[inline]
+    fn is_rollback(&self) -> bool {
+        matches!(self, AsyncHook::Rollback(_) | AsyncHook::RollbackFuture(_))
+    }
+
+    fn take(&mut self) -> Self {
+        std::mem::replace(self, AsyncHook::Spent)
+    }
+
+    #[inline]
+    fn into_commit(self) -> Result<AsyncCommitHook<C>, Self> {
+        match self {
+            AsyncHook::Commit(hook) => Ok(hook),
+            other => Err(other),
+        }
+    }
+
+    /// The async wrapper awaits its `on_rollback` hooks, sync and async in
+    /// one order, after the step that rolled back: they are handed back.
+    #[inline]
+    fn rolled_back(self, _label: &HookLabel, _panics: &mut FirstPanic) -> Option<Self> {
+        self.is_rollback().then_some(self)
+    }
+
+    fn orphaned(due: Vec<Entry<Self>>, why: &'static str) {
+        orphaned(due.into_iter().map(|e| (e.label, e.hook)), why);
+    }
+}
+
+/// A hook that can run without the connection, on a task of its own.
+enum Detached {
+    Sync(PlainFn),
+    Robust(PlainFn),
+    Future(BoxFuture<'static, ()>),
+}
+
+/// Hooks that were due when the caller's future was dropped or the
+/// connection went away: no user hook runs inside `Drop`. With the `tokio`
+/// feature and a runtime, they run in registration order on one task
+/// spawned on it; otherwise each is logged at ERROR with its label. Hooks
+/// that need the connection (`on_commit_with`, `before_commit`) cannot run
+/// without it and are logged at ERROR.
+pub(crate) fn orphaned<C: AsyncConnection>(
+    due: impl IntoIterator<Item = (HookLabel, AsyncHook<C>)>,
+    why: &'static str,
+) {
+    let mut detached = Vec::new();
+    for (label, hook) in due {
+        let kind = hook.kind();
+        match hook {
+            AsyncHook::Commit(AsyncCommitHook::Plain(f)) | AsyncHook::Rollback(f) => {
+                detached.push((label, kind, Detached::Sync(f)))
+            }
+            AsyncHook::Commit(AsyncCommitHook::Robust(f)) => {
+                detached.push((label, kind, Detached::Robust(f)))
+            }
+            AsyncHook::Commit(AsyncCommitHook::Future(f)) | AsyncHook::RollbackFuture(f) => {
+                detached.push((label, kind, Detached::Future(f)))
+            }
+            AsyncHook::Commit(AsyncCommitHook::With(_) | AsyncCommitHook::WithSync(_))
+            | AsyncHook::BeforeCommit(_) => tracing::error!(
+                hook = %label,
+                "{kind} hook {label} was due but did not run: {why}, and it needs the connection"
+            ),
+            AsyncHook::Spent => {}
+        }
+    }
+    if detached.is_empty() {
+        return;
+    }
+    #[cfg(feature = "tokio")]
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        tracing::warn!(
+            hooks = detached.len(),
+            "{why}: the {} hook(s) still due run on a spawned task",
+            detached.len()
+        );
+        runtime.spawn(run_detached(detached));
+        return;
+    }
+    for (label, kind, _) in detached {
+        tracing::error!(
+            hook = %label,
+            "{kind} hook {label} was due but did not run: {why}, and no tokio runtime was there \
+             to run it (enable diesel-on-commit's `tokio` feature and run on a tokio runtime)"
+        );
+    }
+}
+
+#[cfg(feature = "tokio")]
+async fn run_detached(hooks: Vec<(HookLabel, &'static str, Detached)>) {
+    for (label, kind, hook) in hooks {
+        let outcome = match hook {
+            Detached::Sync(f) | Detached::Robust(f) => {
+                panic::catch_unwind(AssertUnwindSafe(|| f(&label)))
+            }
+            Detached::Future(f) => CatchUnwind::new(f).await,
+        };
+        if let Err(payload) = outcome {
+            tracing::error!(
+                hook = %label,
+                "{kind} hook {label} panicked on the task that ran it after its transaction's \
+                 future was dropped (logged, not resumed): {}",
+                panic_message(&*payload)
+            );
+        }
+    }
+}
+
+/// A future that catches a panic of each poll of the future it wraps (the
+/// async counterpart of `catch_unwind`). No allocation: it holds whatever
+/// it is given (a `Pin<&mut F>` from `std::pin::pin!`, or a boxed future).
+pub(crate) struct CatchUnwind<F> {
+    future: F,
+}
+
+impl<F> CatchUnwind<F> {
+    pub(crate) fn new(future: F) -> Self {
+        Self { future }
+    }
+}
+
+impl<F: Future + Unpin> Future for CatchUnwind<F> {
+    type Output = std::thread::Result<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let future = &mut self.get_mut().future;
+        match panic::catch_unwind(AssertUnwindSafe(|| Pin::new(&mut *future).poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
+            Err(payload) => Poll::Ready(Err(payload)),
+        }
+    }
+}
+
+/// Boxes a future hook so that its result is reported under `label`.
+pub(crate) fn future_hook<Fut, R>(label: HookLabel, future: Fut) -> BoxFuture<'static, ()>
+where
+    Fut: Future<Output = R> + Send + 'static,
+    R: HookResult + 'static,
+{
+    Box::pin(async move { future.await.__report(&label) })
+}
+
+/// Boxes an async closure given the connection.
+pub(crate) fn with_hook<C, F, R>(f: F) -> AsyncWithFn<C>
+where
+    C: AsyncConnection,
+    F: for<'c> AsyncHookFn<&'c mut AsyncHookedConnection<C>, R, Fut: Send> + Send + 'static,
+    R: HookResult + 'static,
+{
+    Box::new(move |conn: &mut AsyncHookedConnection<C>, label: HookLabel| {
+        let future = f(conn);
+        Box::pin(async move { future.await.__report(&label) })
+    })
+}
+
+/// Boxes an async `before_commit` closure.
+pub(crate) fn before_hook<C, F>(f: F) -> AsyncBeforeFn<C>
+where
+    C: AsyncConnection,
+    F: for<'c> AsyncHookFn<&'c mut AsyncHookedConnection<C>, QueryResult<()>, Fut: Send>
+        + Send
+        + 'static,
+{
+    Box::new(move |conn: &mut AsyncHookedConnection<C>| Box::pin(f(conn)))
+}
+
+/// Runs due hooks in order, awaiting the async ones, with the connection.
+/// If the caller's future is dropped meanwhile, `Drop` hands the hook being
+/// awaited (when it does not hold the connection) and every later one to
+/// [`orphaned`], so none is lost silently and none runs inside `Drop`.
+pub(crate) struct HookRun<'a, C: AsyncConnection> {
+    pub(crate) conn: &'a mut AsyncHookedConnection<C>,
+    pending: VecDeque<Entry<AsyncHook<C>>>,
+    /// The `'static` future being awaited.
+    current: Option<(HookLabel, BoxFuture<'static, ()>)>,
+    /// The connection-taking hook being awaited.
+    with_running: Option<HookLabel>,
+    /// Commit hooks (their registrations at `d == 0` are exempt from rule 2's
+    /// policy, and hooks they register run next, depth first).
+    commit: bool,
+    why: &'static str,
+    done: bool,
+}
+
+impl<'a, C: AsyncConnection> HookRun<'a, C> {
+    pub(crate) fn new(
+        conn: &'a mut AsyncHookedConnection<C>,
+        hooks: Vec<Entry<AsyncHook<C>>>,
+        commit: bool,
+        why: &'static str,
+    ) -> Self {
+        if commit {
+            conn.state.running_commit_hooks += 1;
+        }
+        Self {
+            conn,
+            pending: VecDeque::from(hooks),
+            current: None,
+            with_running: None,
+            commit,
+            why,
+            done: false,
+        }
+    }
+
+    /// Runs every hook, in order; hooks that become due meanwhile (registered
+    /// at `d == 0` by a running hook) run right after the hook that
+    /// registered them. Returns the first panic and the spent buffer.
+    pub(crate) async fn run(mut self) -> (FirstPanic, Vec<Entry<AsyncHook<C>>>) {
+        let mut panics = FirstPanic::new();
+        loop {
+            if self.commit && !self.conn.state.next.is_empty() {
+                let next = std::mem::take(&mut self.conn.state.next);
+                for entry in next.into_iter().rev() {
+                    self.pending.push_front(entry);
+                }
+            }
+            let Some(Entry { label, hook }) = self.pending.pop_front() else {
+                break;
+            };
+            // After COMMIT the on_commit-kind hooks run (through an open
+            // capture); after a rollback the on_rollback-kind ones.
+            let hook = match hook {
+                AsyncHook::Commit(hook) if self.commit => match &mut self.conn.state.capture {
+                    Some(capture) => match capture.capture(label, hook) {
+                        Some(hook) => hook,
+                        None => continue,
+                    },
+                    None => hook,
+                },
+                AsyncHook::Rollback(f) if !self.commit => {
+                    hook::run_plain(f, &label, &mut panics);
+                    continue;
+                }
+                AsyncHook::RollbackFuture(f) if !self.commit => AsyncCommitHook::Future(f),
+                _ => continue,
+            };
+            match hook {
+                AsyncCommitHook::Plain(f) => hook::run_plain(f, &label, &mut panics),
+                AsyncCommitHook::Robust(f) => hook::run_robust(f, &label),
+                AsyncCommitHook::WithSync(f) => {
+                    let conn = &mut *self.conn;
+                    if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| f(conn, &label)))
+                    {
+                        panics.record(label, payload);
+                    }
+                }
+                AsyncCommitHook::Future(f) => {
+                    let (_, future) = self.current.insert((label, f));
+                    let outcome = CatchUnwind::new(future.as_mut()).await;
+                    self.current = None;
+                    if let Err(payload) = outcome {
+                        panics.record(label, payload);
+                    }
+                }
+                AsyncCommitHook::With(f) => {
+                    self.with_running = Some(label);
+                    let outcome = CatchUnwind::new(f(&mut *self.conn, label)).await;
+                    self.with_running = None;
+                    if let Err(payload) = outcome {
+                        panics.record(label, payload);
+                    }
+                }
+            }
+        }
+        self.done = true;
+        let spent = Vec::from(std::mem::take(&mut self.pending));
+        (panics, spent)
+    }
+}
+
+impl<C: AsyncConnection> Drop for HookRun<'_, C> {
+    fn drop(&mut self) {
+        if self.commit {
+            self.conn.state.running_commit_hooks -= 1;
+        }
+        if self.done {
+            return;
+        }
+        if let Some(label) = self.with_running.take() {
+            tracing::error!(
+                hook = %label,
+                "on_commit_with hook {label} was cancelled while it ran: {}",
+                self.why
+            );
+        }
+        let current = self
+            .current
+            .take()
+            .map(|(label, f)| (label, AsyncHook::Commit(AsyncCommitHook::Future(f))));
+        let due = if self.commit {
+            std::mem::take(&mut self.conn.state.next)
+        } else {
+            Vec::new()
+        };
+        // Only the kind this run was running is still due.
+        let commit = self.commit;
+        let rest = std::mem::take(&mut self.pending)
+            .into_iter()
+            .filter(|e| match e.hook {
+                AsyncHook::Commit(_) => commit,
+                _ => !commit && e.hook.is_rollback(),
+            });
+        orphaned(
+            current
+                .into_iter()
+                .chain(due.into_iter().map(|e| (e.label, e.hook)))
+                .chain(rest.map(|e| (e.label, e.hook))),
+            self.why,
+        );
+    }
+}

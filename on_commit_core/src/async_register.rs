@@ -1,0 +1,256 @@
+//! Registering hooks on the async wrapper: the sync kinds, the async kinds,
+//! and `TransactionHooks` (SPEC rules 1, 2, 8, 9; the placement rules are
+//! the shared `HookState::place`).
+
+use std::any::type_name;
+use std::future::Future;
+use std::panic::{self, AssertUnwindSafe, Location};
+
+use diesel::result::QueryResult;
+use diesel_async::AsyncConnection;
+
+use crate::async_connection::AsyncHookedConnection;
+use crate::async_hook::{self, orphaned, AsyncCommitHook, AsyncHook, AsyncHookFn};
+use crate::hook::{self, FirstPanic, HookLabel, HookResult};
+use crate::register::TransactionHooks;
+use crate::state::DepthCheck;
+
+impl<C: AsyncConnection> AsyncHookedConnection<C> {
+    /// Registers `f` to run after the outermost COMMIT succeeds; as
+    /// [`HookedConnection::on_commit`](crate::HookedConnection::on_commit).
+    /// It runs in one registration order with the async hooks.
+    #[track_caller]
+    pub fn on_commit<F, R>(&mut self, f: F)
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: HookResult,
+    {
+        let label = HookLabel::new(Location::caller(), type_name::<F>());
+        self.register(label, AsyncHook::Commit(AsyncCommitHook::Plain(hook::plain(f))));
+    }
+
+    /// As [`on_commit`](Self::on_commit), but a panic in `f` is caught,
+    /// logged at ERROR with the hook's label, and never resumed.
+    #[track_caller]
+    pub fn on_commit_robust<F, R>(&mut self, f: F)
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: HookResult,
+    {
+        let label = HookLabel::new(Location::caller(), type_name::<F>());
+        self.register(label, AsyncHook::Commit(AsyncCommitHook::Robust(hook::plain(f))));
+    }
+
+    /// Registers a future to be awaited after the outermost COMMIT succeeded
+    /// (publish to a broker, call an HTTP API), in registration order with
+    /// the other hooks; discarded on rollback. It returns `()` or a
+    /// `Result` whose `Err` is logged at ERROR with the hook's label.
+    ///
+    /// Nothing of the future runs before COMMIT: an `async` block's code
+    /// runs when it is awaited. If the caller's future is dropped after
+    /// COMMIT, a hook still due runs on a task spawned on the tokio runtime
+    /// (feature `tokio`), or is logged at ERROR.
+    ///
+    /// Outside a transaction, the future cannot be awaited before the
+    /// registering call returns: under [`OutsideTransaction::Run`](crate::OutsideTransaction::Run)
+    /// it is spawned on the current tokio runtime (or, without one, logged
+    /// at ERROR as not run); inside a running hook it runs right after that
+    /// hook.
+    #[track_caller]
+    pub fn on_commit_async<Fut, R>(&mut self, future: Fut)
+    where
+        Fut: Future<Output = R> + Send + 'static,
+        R: HookResult + 'static,
+    {
+        let label = HookLabel::new(Location::caller(), type_name::<Fut>());
+        let hook = async_hook::future_hook(label, future);
+        self.register(label, AsyncHook::Commit(AsyncCommitHook::Future(hook)));
+    }
+
+    /// As [`on_commit`](Self::on_commit), and `f`, an async closure, receives
+    /// the connection at `d == 0` after COMMIT: a hook it registers runs
+    /// right after it (depth first), and a transaction it opens is a fresh
+    /// one with its own hooks.
+    #[track_caller]
+    pub fn on_commit_with<F, R>(&mut self, f: F)
+    where
+        F: for<'c> AsyncHookFn<&'c mut Self, R, Fut: Send> + Send + 'static,
+        R: HookResult + 'static,
+    {
+        let label = HookLabel::new(Location::caller(), type_name::<F>());
+        self.register(label, AsyncHook::Commit(AsyncCommitHook::With(async_hook::with_hook(f))));
+    }
+
+    /// Registers `f` to run after the level it was registered in, or an
+    /// enclosing one, rolled back; as
+    /// [`HookedConnection::on_rollback`](crate::HookedConnection::on_rollback).
+    /// It is awaited in one registration order with `on_rollback_async`
+    /// hooks, before the rolling-back call returns.
+    #[track_caller]
+    pub fn on_rollback<F, R>(&mut self, f: F)
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: HookResult,
+    {
+        let label = HookLabel::new(Location::caller(), type_name::<F>());
+        self.register(label, AsyncHook::Rollback(hook::plain(f)));
+    }
+
+    /// Registers a future to be awaited after the level it was registered
+    /// in, or an enclosing one, rolled back.
+    #[track_caller]
+    pub fn on_rollback_async<Fut, R>(&mut self, future: Fut)
+    where
+        Fut: Future<Output = R> + Send + 'static,
+        R: HookResult + 'static,
+    {
+        let label = HookLabel::new(Location::caller(), type_name::<Fut>());
+        let hook = async_hook::future_hook(label, future);
+        self.register(label, AsyncHook::RollbackFuture(hook));
+    }
+
+    /// Registers an async closure to be awaited inside the transaction, just
+    /// before the outermost COMMIT, with the connection (rule 5): an `Err`
+    /// (or a panic) stops the remaining ones, rolls the transaction back,
+    /// and is returned from `transaction()` (or resumed).
+    ///
+    /// # Panics
+    ///
+    /// Outside a transaction, under every policy.
+    #[track_caller]
+    pub fn before_commit<F>(&mut self, f: F)
+    where
+        F: for<'c> AsyncHookFn<&'c mut Self, QueryResult<()>, Fut: Send> + Send + 'static,
+    {
+        let label = HookLabel::new(Location::caller(), type_name::<F>());
+        self.register(label, AsyncHook::BeforeCommit(async_hook::before_hook(f)));
+    }
+
+    /// Whether a user transaction is open: `d >= 1`. Inside a test
+    /// transaction alone this is `false`.
+    pub fn in_transaction(&mut self) -> bool {
+        self.sync() != DepthCheck::Broken && self.user_depth() >= 1
+    }
+
+    /// Queues `hook` at the current level, or applies rule 2 at `d == 0`.
+    #[inline]
+    pub(crate) fn register(&mut self, label: HookLabel, hook: AsyncHook<C>) {
+        let check = self.sync();
+        if let Some(hook) = self.state.place(check, label, hook) {
+            self.run_at_once(label, hook);
+        }
+    }
+
+    /// Rule 2 on the async wrapper: a sync hook runs at once; an async one
+    /// registered by a running hook runs right after it; otherwise an async
+    /// one cannot be awaited before the registering call returns and goes
+    /// to a spawned task (or is reported).
+    #[cold]
+    #[inline(never)]
+    fn run_at_once(&mut self, label: HookLabel, hook: AsyncCommitHook<C>) {
+        let is_async = matches!(hook, AsyncCommitHook::Future(_) | AsyncCommitHook::With(_));
+        if is_async && self.state.running_commit_hooks > 0 {
+            self.state.next.push(crate::queue::Entry {
+                label,
+                hook: AsyncHook::Commit(hook),
+            });
+            return;
+        }
+        let hook = match &mut self.state.capture {
+            Some(capture) => match capture.capture(label, hook) {
+                Some(hook) => hook,
+                None => return,
+            },
+            None => hook,
+        };
+        let mut panics = FirstPanic::new();
+        self.state.running_commit_hooks += 1;
+        match hook {
+            AsyncCommitHook::Plain(f) => hook::run_plain(f, &label, &mut panics),
+            AsyncCommitHook::Robust(f) => hook::run_robust(f, &label),
+            AsyncCommitHook::WithSync(f) => {
+                if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| f(self, &label))) {
+                    panics.record(label, payload);
+                }
+            }
+            hook @ (AsyncCommitHook::Future(_) | AsyncCommitHook::With(_)) => orphaned(
+                [(label, AsyncHook::Commit(hook))],
+                "it was registered outside a transaction, where the registering call cannot await it",
+            ),
+        }
+        self.state.running_commit_hooks -= 1;
+        panics.finish(
+            self.state.hook_panics,
+            false,
+            "while running at once outside a transaction",
+        );
+    }
+}
+
+impl<C: AsyncConnection> TransactionHooks for AsyncHookedConnection<C> {
+    #[track_caller]
+    fn on_commit<F, R>(&mut self, f: F)
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: HookResult,
+    {
+        AsyncHookedConnection::on_commit(self, f)
+    }
+
+    #[track_caller]
+    fn on_commit_robust<F, R>(&mut self, f: F)
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: HookResult,
+    {
+        AsyncHookedConnection::on_commit_robust(self, f)
+    }
+
+    #[track_caller]
+    fn on_rollback<F, R>(&mut self, f: F)
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: HookResult,
+    {
+        AsyncHookedConnection::on_rollback(self, f)
+    }
+
+    fn in_transaction(&mut self) -> bool {
+        AsyncHookedConnection::in_transaction(self)
+    }
+
+    #[track_caller]
+    fn __on_commit_labeled<F, R>(&mut self, text: &'static str, f: F)
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: HookResult,
+    {
+        let label = HookLabel::new(Location::caller(), text);
+        self.register(label, AsyncHook::Commit(AsyncCommitHook::Plain(hook::plain(f))));
+    }
+
+    #[track_caller]
+    fn __on_commit_robust_labeled<F, R>(&mut self, text: &'static str, f: F)
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: HookResult,
+    {
+        let label = HookLabel::new(Location::caller(), text);
+        self.register(label, AsyncHook::Commit(AsyncCommitHook::Robust(hook::plain(f))));
+    }
+
+    /// A sync closure given the connection after COMMIT (for `on_commit!`
+    /// with a one-parameter closure); for async work, use
+    /// [`AsyncHookedConnection::on_commit_with`] with an async closure, or
+    /// [`AsyncHookedConnection::on_commit_async`].
+    #[track_caller]
+    fn __on_commit_with_labeled<F, R>(&mut self, text: &'static str, f: F)
+    where
+        F: FnOnce(&mut Self) -> R + Send + 'static,
+        R: HookResult,
+    {
+        let label = HookLabel::new(Location::caller(), text);
+        let f = Box::new(move |conn: &mut Self, label: &HookLabel| f(conn).__report(label));
+        self.register(label, AsyncHook::Commit(AsyncCommitHook::WithSync(f)));
+    }
+}

@@ -1,0 +1,209 @@
+//! Test support for the async wrapper: the test-transaction baseline (SPEC
+//! rule 11) and capturing `on_commit`-kind hooks (rule 12). The capture
+//! itself (`CaptureState`) is shared with the sync wrapper (`testing.rs`).
+
+use std::fmt;
+use std::panic;
+use std::pin::pin;
+
+use diesel::connection::TransactionManagerStatus;
+use diesel::result::QueryResult;
+use diesel_async::{AsyncConnection, TransactionManager};
+
+use crate::async_connection::AsyncHookedConnection;
+use crate::async_hook::{AsyncCommitHook, AsyncHook, AsyncHookFn, CatchUnwind};
+use crate::async_transaction::AsyncHookedTransactionManager;
+use crate::hook::HookLabel;
+use crate::queue::Entry;
+use crate::testing::{Capture, CaptureState};
+
+type Inner<C> = <C as AsyncConnection>::TransactionManager;
+
+/// The `on_commit`-kind hooks captured by
+/// [`AsyncHookedConnection::capture_on_commit`], in the order they would
+/// have run: [`CapturedHooks`](crate::CapturedHooks) for the async wrapper.
+#[must_use = "captured hooks do nothing unless inspected or run with `AsyncCapturedHooks::run`"]
+pub struct AsyncCapturedHooks<C: AsyncConnection> {
+    labels: Vec<HookLabel>,
+    /// Empty under [`Capture::Execute`]: those hooks already ran.
+    hooks: Vec<AsyncCommitHook<C>>,
+}
+
+impl<C: AsyncConnection> AsyncCapturedHooks<C> {
+    /// How many hooks were captured.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether no hook was captured.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// The captured hooks' labels, in capture order; each displays as
+    /// `file:line: text`.
+    pub fn labels(&self) -> &[HookLabel] {
+        &self.labels
+    }
+
+    /// Runs the collected hooks, in order, with `conn`, awaiting the async
+    /// ones, as they would have run after COMMIT. Does nothing for hooks
+    /// captured with [`Capture::Execute`].
+    pub async fn run(self, conn: &mut AsyncHookedConnection<C>) {
+        let hooks = self
+            .labels
+            .into_iter()
+            .zip(self.hooks)
+            .map(|(label, hook)| Entry {
+                label,
+                hook: AsyncHook::Commit(hook),
+            })
+            .collect();
+        let panics = conn.run_commit_hooks(hooks).await;
+        panics.finish(
+            conn.state.hook_panics,
+            false,
+            "while run from AsyncCapturedHooks::run",
+        );
+    }
+}
+
+impl<C: AsyncConnection> fmt::Debug for AsyncCapturedHooks<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncCapturedHooks")
+            .field("labels", &self.labels)
+            .field("pending", &self.hooks.len())
+            .finish()
+    }
+}
+
+/// Closes the capture if the body's future is dropped.
+struct CaptureGuard<'a, C: AsyncConnection> {
+    conn: &'a mut AsyncHookedConnection<C>,
+}
+
+impl<C: AsyncConnection> Drop for CaptureGuard<'_, C> {
+    fn drop(&mut self) {
+        self.conn.state.capture = None;
+    }
+}
+
+impl<C: AsyncConnection> AsyncHookedConnection<C> {
+    /// Runs `body` in a transaction: diesel-async's `transaction`, with the
+    /// hook rules of SPEC.md (see [`HookedConnection::transaction`](crate::HookedConnection::transaction)),
+    /// a panic guard (a panic in `body` rolls the level back and is resumed),
+    /// and the cancellation rules of [`AsyncHookedConnection`].
+    ///
+    /// **A panic out of `transaction` does not always mean a rollback**: under
+    /// [`HookPanics::Resume`](crate::HookPanics::Resume), a panic of an
+    /// `on_commit` hook is resumed after COMMIT succeeded and the other hooks
+    /// ran.
+    pub async fn transaction<R, E, F>(&mut self, body: F) -> Result<R, E>
+    where
+        F: for<'r> AsyncHookFn<&'r mut Self, Result<R, E>>,
+        E: From<diesel::result::Error>,
+    {
+        AsyncHookedTransactionManager::run(self, body).await
+    }
+
+    /// Runs `body` inside a test transaction that is rolled back at the end
+    /// (rule 11): inside it `in_transaction()` is `false`, and the outermost
+    /// *user* commit fires hooks. Returns the body's `Ok` value.
+    ///
+    /// # Panics
+    ///
+    /// If the body returns `Err`, or a transaction is already open.
+    pub async fn test_transaction<R, E, F>(&mut self, body: F) -> R
+    where
+        F: for<'r> AsyncHookFn<&'r mut Self, Result<R, E>>,
+        E: fmt::Debug,
+    {
+        begin_test_transaction(self)
+            .await
+            .unwrap_or_else(|e| panic!("could not begin the test transaction: {e}"));
+        let outcome = CatchUnwind::new(pin!(body(&mut *self))).await;
+        // User levels the body left open are rolled back first, with their hooks.
+        let _ = AsyncHookedTransactionManager::<C>::roll_back_level(self, 1).await;
+        self.state.baseline = false;
+        if self.state.levels == 0 {
+            self.state.touched();
+            if let Err(e) = Inner::<C>::rollback_transaction(&mut self.inner).await {
+                tracing::error!("rolling back the test transaction failed: {e}");
+            }
+        }
+        self.sync();
+        match outcome {
+            Ok(Ok(value)) => value,
+            Ok(Err(e)) => panic!("Transaction did not succeed: {e:?}"),
+            Err(payload) => panic::resume_unwind(payload),
+        }
+    }
+
+    /// Runs `body` and captures every `on_commit`-kind hook that would have
+    /// run during it, in the order it would have run (rule 12; Django's
+    /// `captureOnCommitCallbacks`).
+    ///
+    /// # Panics
+    ///
+    /// Inside a user transaction (`d >= 1`) or inside another capture.
+    pub async fn capture_on_commit<R, F>(
+        &mut self,
+        mode: Capture,
+        body: F,
+    ) -> (R, AsyncCapturedHooks<C>)
+    where
+        F: for<'r> AsyncHookFn<&'r mut Self, R>,
+    {
+        self.sync();
+        assert!(
+            self.user_depth() == 0,
+            "capture_on_commit must be called outside a transaction (a test transaction is fine)"
+        );
+        assert!(
+            self.state.capture.is_none(),
+            "capture_on_commit cannot be nested inside another capture_on_commit"
+        );
+        self.state.capture = Some(CaptureState::new(mode));
+        let guard = CaptureGuard { conn: self };
+        let outcome = CatchUnwind::new(pin!(body(&mut *guard.conn))).await;
+        let state = guard
+            .conn
+            .state
+            .capture
+            .take()
+            .expect("the capture is open until its body returns");
+        drop(guard);
+        match outcome {
+            Ok(value) => (
+                value,
+                AsyncCapturedHooks {
+                    labels: state.labels,
+                    hooks: state.hooks,
+                },
+            ),
+            Err(payload) => panic::resume_unwind(payload),
+        }
+    }
+}
+
+/// `begin_test_transaction()`: the test transaction becomes the baseline.
+pub(crate) async fn begin_test_transaction<C: AsyncConnection>(
+    conn: &mut AsyncHookedConnection<C>,
+) -> QueryResult<()> {
+    conn.sync();
+    conn.run_due().await;
+    match Inner::<C>::transaction_manager_status_mut(&mut conn.inner) {
+        TransactionManagerStatus::Valid(status) => assert_eq!(
+            None,
+            status.transaction_depth(),
+            "a test transaction cannot be opened inside a transaction"
+        ),
+        TransactionManagerStatus::InError => panic!("Transaction manager in error"),
+    }
+    conn.state.touched();
+    Inner::<C>::begin_transaction(&mut conn.inner).await?;
+    // Like diesel-async: so that pools do not count the connection as broken.
+    Inner::<C>::transaction_manager_status_mut(&mut conn.inner).set_test_transaction_flag();
+    conn.state.baseline = true;
+    Ok(())
+}

@@ -1,0 +1,396 @@
+//! The async transaction manager: begin, commit, rollback, the panic guard,
+//! and cancellation (SPEC rules 3, 4, 5, 7, 9 and the async rules).
+//!
+//! `AsyncHookedTransactionManager<C>` awaits `C`'s own manager for every step
+//! and then reads the inner depth back, as the sync manager does; the level
+//! bookkeeping is the shared `HookState` (`state.rs`). What is particular to
+//! async: hooks are awaited after the step (`HookRun`), and a step whose
+//! future is dropped before it finished marks the connection broken.
+
+use std::marker::PhantomData;
+use std::panic;
+use std::pin::pin;
+
+use diesel::result::{Error, QueryResult};
+use diesel_async::{AsyncConnection, TransactionManager};
+
+use crate::async_connection::AsyncHookedConnection;
+use crate::async_hook::{orphaned, AsyncHook, AsyncHookFn, CatchUnwind, HookRun};
+use crate::hook::FirstPanic;
+use crate::state::{depth_of, DepthCheck};
+
+type Inner<C> = <C as AsyncConnection>::TransactionManager;
+
+/// The transaction manager of [`AsyncHookedConnection<C>`]: `C`'s own
+/// manager plus the hook rules. You do not use it directly;
+/// `transaction()`, `begin_test_transaction()` and pools call it.
+pub struct AsyncHookedTransactionManager<C>(PhantomData<fn() -> C>);
+
+impl<C> std::fmt::Debug for AsyncHookedTransactionManager<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AsyncHookedTransactionManager")
+    }
+}
+
+/// Why hooks that were due did not run where they should have.
+const DROPPED_AFTER_COMMIT: &str =
+    "the caller's future was dropped after COMMIT succeeded, while hooks ran";
+const DROPPED_AFTER_ROLLBACK: &str =
+    "the caller's future was dropped after a rollback, while on_rollback hooks ran";
+
+/// A transaction step in flight (the body, BEGIN, COMMIT, ROLLBACK). If its
+/// future is dropped before it finished, the transaction is abandoned: not
+/// committed (or a COMMIT whose outcome is unknown), so the connection is
+/// marked broken (pools drop it), its `on_commit` hooks are discarded and
+/// its `on_rollback` hooks are due (rule 9); they run on a spawned task.
+struct InFlight<'a, C: AsyncConnection> {
+    conn: &'a mut AsyncHookedConnection<C>,
+    /// Abandon only while the wrapper still has levels `>= level` open
+    /// (0: always).
+    level: u32,
+    what: &'static str,
+    armed: bool,
+}
+
+impl<'a, C: AsyncConnection> InFlight<'a, C> {
+    fn new(conn: &'a mut AsyncHookedConnection<C>, level: u32, what: &'static str) -> Self {
+        Self {
+            conn,
+            level,
+            what,
+            armed: true,
+        }
+    }
+}
+
+impl<C: AsyncConnection> Drop for InFlight<'_, C> {
+    fn drop(&mut self) {
+        if !self.armed || self.conn.state.levels < self.level {
+            return;
+        }
+        let conn = &mut *self.conn;
+        tracing::warn!(
+            levels = conn.state.levels,
+            "{}: the transaction is abandoned (not committed, or a COMMIT whose outcome is \
+             unknown) and the connection is marked broken",
+            self.what
+        );
+        Inner::<C>::transaction_manager_status_mut(&mut conn.inner).set_in_error();
+        conn.state.touched();
+        conn.state.connection_broken();
+        orphaned(
+            conn.state.take_due().into_iter().map(|e| (e.label, e.hook)),
+            "the caller's future was dropped before the transaction finished",
+        );
+    }
+}
+
+impl<C: AsyncConnection> AsyncHookedConnection<C> {
+    /// Brings the wrapper's levels in line with the inner connection (rules
+    /// 8 and 9). See `HookState::sync`.
+    #[inline]
+    pub(crate) fn sync(&mut self) -> DepthCheck {
+        self.state
+            .sync(Inner::<C>::transaction_manager_status_mut(&mut self.inner))
+    }
+
+    /// User depth `d`: the inner depth minus the test-transaction baseline.
+    #[inline]
+    pub(crate) fn user_depth(&mut self) -> u32 {
+        self.state
+            .user_depth(Inner::<C>::transaction_manager_status_mut(&mut self.inner))
+    }
+
+    fn depth(&mut self) -> u32 {
+        depth_of(Inner::<C>::transaction_manager_status_mut(&mut self.inner)).unwrap_or(0)
+    }
+
+    /// Awaits the hooks that became due (the `on_rollback` hooks of levels
+    /// that rolled back), in registration order.
+    pub(crate) async fn run_due(&mut self) {
+        if self.state.due.is_empty() {
+            return;
+        }
+        let due = self.state.take_due();
+        let policy = self.state.hook_panics;
+        let never_resume = self.state.unwinding > 0;
+        let (panics, _) = HookRun::new(self, due, false, DROPPED_AFTER_ROLLBACK)
+            .run()
+            .await;
+        panics.finish(policy, never_resume, "after a rollback");
+    }
+
+    /// The outermost COMMIT succeeded (rule 5.4): the `on_commit`-kind hooks
+    /// are awaited in registration order, at `d == 0`.
+    async fn fire_commit_hooks(&mut self) {
+        self.state.abort_cause = None;
+        if self.state.queue.is_empty() {
+            self.state.queue.release_idle_capacity();
+            return;
+        }
+        let hooks = self.state.queue.take_all();
+        let fired = hooks.len();
+        let (panics, spent) = HookRun::new(self, hooks, true, DROPPED_AFTER_COMMIT)
+            .run()
+            .await;
+        self.state.queue.recycle(spent, fired);
+        panics.finish(
+            self.state.hook_panics,
+            false,
+            "after COMMIT; the transaction is committed",
+        );
+    }
+
+    /// Runs a batch of `on_commit`-kind hooks at `d == 0` (a capture's).
+    pub(crate) async fn run_commit_hooks(
+        &mut self,
+        hooks: Vec<crate::queue::Entry<AsyncHook<C>>>,
+    ) -> FirstPanic {
+        let (panics, _) = HookRun::new(self, hooks, true, DROPPED_AFTER_COMMIT)
+            .run()
+            .await;
+        panics
+    }
+}
+
+impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
+    /// `transaction()`: begin, the body with the panic guard and the
+    /// cancellation guard, commit or roll back (rules 4, 5, 7; async rules).
+    pub(crate) async fn run<F, R, E>(conn: &mut AsyncHookedConnection<C>, callback: F) -> Result<R, E>
+    where
+        F: for<'r> AsyncHookFn<&'r mut AsyncHookedConnection<C>, Result<R, E>>,
+        E: From<Error>,
+    {
+        Self::begin(conn).await?;
+        let level = conn.state.levels;
+        let mut guard = InFlight::new(
+            conn,
+            level,
+            "the future of a transaction was dropped before it finished",
+        );
+        let outcome = CatchUnwind::new(pin!(callback(&mut *guard.conn))).await;
+        let conn = &mut *guard.conn;
+        let result = match outcome {
+            Ok(Ok(_)) if conn.sync() != DepthCheck::Broken && conn.state.levels < level => {
+                // The level is already gone: the database rolled it back
+                // after a failed statement the body swallowed, or it was
+                // closed behind our back.
+                conn.run_due().await;
+                Err(conn.state.take_level_gone_error().into())
+            }
+            Ok(Ok(value)) => match Self::commit(conn).await {
+                Ok(()) => Ok(value),
+                Err(commit_error) => {
+                    let _ = Self::roll_back_level(conn, level).await;
+                    Err(commit_error.into())
+                }
+            },
+            Ok(Err(user_error)) => match Self::roll_back_level(conn, level).await {
+                Ok(()) | Err(Error::BrokenTransactionManager) => Err(user_error),
+                Err(rollback_error) => Err(rollback_error.into()),
+            },
+            Err(payload) => {
+                conn.state.unwinding += 1;
+                if let Err(e) = Self::roll_back_level(conn, level).await {
+                    tracing::error!("rollback after a panic in the transaction body failed: {e}");
+                }
+                conn.state.unwinding -= 1;
+                guard.armed = false;
+                panic::resume_unwind(payload)
+            }
+        };
+        guard.armed = false;
+        result
+    }
+
+    /// Opens a level; the wrapper's level count follows only if it
+    /// succeeded.
+    async fn begin(conn: &mut AsyncHookedConnection<C>) -> QueryResult<()> {
+        conn.sync();
+        conn.run_due().await;
+        conn.state.touched();
+        let mut step = InFlight::new(conn, 0, "the future of a BEGIN was dropped while it ran");
+        let result = Inner::<C>::begin_transaction(&mut step.conn.inner).await;
+        step.armed = false;
+        result?;
+        step.conn.state.began();
+        Ok(())
+    }
+
+    /// Rule 5.1–5.2: `before_commit` hooks of level 1 are awaited in order,
+    /// inside the transaction; ones they register run too. On an `Err` or a
+    /// panic the transaction is rolled back and the error returned (panic
+    /// resumed).
+    async fn run_before_commit(conn: &mut AsyncHookedConnection<C>) -> QueryResult<()> {
+        let mut cursor = 0;
+        while let Some(entry) = conn.state.queue.next_before_commit(&mut cursor) {
+            let AsyncHook::BeforeCommit(f) = entry.hook else {
+                unreachable!("next_before_commit returns before_commit hooks")
+            };
+            match CatchUnwind::new(f(&mut *conn)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::debug!(hook = %entry.label, "before_commit hook failed: {error}; rolling back");
+                    let _ = Self::roll_back_level(conn, conn.state.levels).await;
+                    return Err(error);
+                }
+                Err(payload) => {
+                    tracing::error!(hook = %entry.label, "before_commit hook panicked; rolling back");
+                    conn.state.unwinding += 1;
+                    let _ = Self::roll_back_level(conn, conn.state.levels).await;
+                    conn.state.unwinding -= 1;
+                    panic::resume_unwind(payload);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Rolls back until the wrapper's levels are below `level` (the body may
+    /// have left inner levels open). Returns the first error.
+    pub(crate) async fn roll_back_level(
+        conn: &mut AsyncHookedConnection<C>,
+        level: u32,
+    ) -> QueryResult<()> {
+        let mut result = Ok(());
+        while conn.state.levels >= level && level >= 1 {
+            let before = conn.state.levels;
+            let r = Self::rollback(conn).await;
+            if result.is_ok() {
+                result = r;
+            }
+            if conn.state.levels >= before {
+                break; // no progress: the connection is broken; sync reports it
+            }
+        }
+        result
+    }
+
+    /// Rolls back the innermost level. Its hooks and those of every level
+    /// above it are discarded and its `on_rollback` hooks are awaited,
+    /// whether the ROLLBACK succeeded or failed (the level is gone either
+    /// way). A level the wrapper did not open is only delegated.
+    async fn rollback(conn: &mut AsyncHookedConnection<C>) -> QueryResult<()> {
+        if conn.sync() != DepthCheck::Matches || conn.state.levels == 0 {
+            conn.run_due().await;
+            conn.state.touched();
+            return Inner::<C>::rollback_transaction(&mut conn.inner).await;
+        }
+        let level = conn.state.levels;
+        let before = conn.depth();
+        conn.state.touched();
+        let mut step = InFlight::new(conn, 0, "the future of a ROLLBACK was dropped while it ran");
+        let result = Inner::<C>::rollback_transaction(&mut step.conn.inner).await;
+        step.armed = false;
+        let conn = &mut *step.conn;
+        let status = Inner::<C>::transaction_manager_status_mut(&mut conn.inner);
+        conn.state.after_rollback(level, before, status);
+        conn.run_due().await;
+        result
+    }
+
+    /// Commits the innermost level: as the sync manager's
+    /// `commit_transaction` (rules 3, 5), with the hooks awaited.
+    async fn commit(conn: &mut AsyncHookedConnection<C>) -> QueryResult<()> {
+        if conn.sync() != DepthCheck::Matches || conn.state.levels == 0 {
+            conn.run_due().await;
+            conn.state.touched();
+            return Inner::<C>::commit_transaction(&mut conn.inner).await;
+        }
+        conn.run_due().await;
+        let level = conn.state.levels;
+        if level == 1 {
+            Self::run_before_commit(conn).await?;
+            if conn.state.levels != 1 || conn.sync() != DepthCheck::Matches {
+                // A before_commit hook closed the transaction itself.
+                conn.run_due().await;
+                return Err(Error::NotInTransaction);
+            }
+        }
+        if conn
+            .state
+            .aborted(Inner::<C>::transaction_manager_status_mut(&mut conn.inner))
+        {
+            // Rule 5.3: roll back and return the error that aborted it.
+            let error = conn.state.take_abort_error();
+            tracing::debug!(
+                "transaction aborted by an earlier error; rolling back instead of committing: {error}"
+            );
+            let _ = Self::roll_back_level(conn, conn.state.levels).await;
+            return Err(error);
+        }
+        let before = conn.depth();
+        conn.state.touched();
+        let mut step = InFlight::new(
+            conn,
+            0,
+            "the future of a COMMIT was dropped while it ran (its outcome is unknown)",
+        );
+        let result = Inner::<C>::commit_transaction(&mut step.conn.inner).await;
+        step.armed = false;
+        let conn = &mut *step.conn;
+        let status = Inner::<C>::transaction_manager_status_mut(&mut conn.inner);
+        if conn.state.after_commit(level, before, result.is_ok(), status) {
+            conn.fire_commit_hooks().await;
+        } else {
+            conn.run_due().await;
+        }
+        result
+    }
+}
+
+impl<C: AsyncConnection> TransactionManager<AsyncHookedConnection<C>>
+    for AsyncHookedTransactionManager<C>
+{
+    type TransactionStateData = <Inner<C> as TransactionManager<C>>::TransactionStateData;
+
+    /// Begins a transaction or savepoint on the inner connection; on success
+    /// the wrapper opens level `d + 1`, which holds no hook yet.
+    async fn begin_transaction(conn: &mut AsyncHookedConnection<C>) -> QueryResult<()> {
+        Self::begin(conn).await
+    }
+
+    /// Rolls back the innermost level (rule 4); its `on_rollback` hooks are
+    /// awaited before this returns.
+    async fn rollback_transaction(conn: &mut AsyncHookedConnection<C>) -> QueryResult<()> {
+        Self::rollback(conn).await
+    }
+
+    /// Commits the innermost level: a savepoint's hooks join the enclosing
+    /// level (rule 3); the outermost commit awaits `before_commit` hooks,
+    /// refuses a transaction the database aborted (rule 5.3), sends COMMIT
+    /// and then awaits the `on_commit`-kind hooks in registration order.
+    async fn commit_transaction(conn: &mut AsyncHookedConnection<C>) -> QueryResult<()> {
+        Self::commit(conn).await
+    }
+
+    /// diesel-async's `transaction`, plus the panic guard (rule 7) and the
+    /// cancellation rules of [`AsyncHookedConnection`]: what generic code
+    /// that calls `AsyncConnection::transaction` gets.
+    fn transaction<'a, 'conn, F, R, E>(
+        conn: &'conn mut AsyncHookedConnection<C>,
+        callback: F,
+    ) -> impl std::future::Future<Output = Result<R, E>> + Send + 'conn
+    where
+        for<'r> F: AsyncFnOnce(&'r mut AsyncHookedConnection<C>) -> Result<R, E>
+            + AsyncHookFn<&'r mut AsyncHookedConnection<C>, Result<R, E>, Fut: Send>
+            + Send
+            + 'a,
+        E: From<Error> + Send,
+        R: Send,
+        'a: 'conn,
+    {
+        async move { Self::run(conn, callback).await }
+    }
+
+    fn transaction_manager_status_mut(
+        conn: &mut AsyncHookedConnection<C>,
+    ) -> &mut diesel::connection::TransactionManagerStatus {
+        conn.state.touched();
+        Inner::<C>::transaction_manager_status_mut(&mut conn.inner)
+    }
+
+    fn is_broken_transaction_manager(conn: &mut AsyncHookedConnection<C>) -> bool {
+        conn.state.lost || Inner::<C>::is_broken_transaction_manager(&mut conn.inner)
+    }
+}
