@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use common::async_conn::AsyncSqlite;
 use common::{capture_logs, unique, Log};
-use diesel::{QueryableByName, SqliteConnection};
 use diesel::result::Error;
+use diesel::{QueryableByName, SqliteConnection};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use diesel_on_commit::AsyncHookedConnection;
 
@@ -111,11 +111,14 @@ fn rows(path: &str) -> Vec<i32> {
         id: i32,
     }
     let mut plain = <SqliteConnection as diesel::Connection>::establish(path).unwrap();
-    diesel::RunQueryDsl::load::<Row>(diesel::sql_query("SELECT id FROM orders ORDER BY id"), &mut plain)
-        .unwrap()
-        .into_iter()
-        .map(|r| r.id)
-        .collect()
+    diesel::RunQueryDsl::load::<Row>(
+        diesel::sql_query("SELECT id FROM orders ORDER BY id"),
+        &mut plain,
+    )
+    .unwrap()
+    .into_iter()
+    .map(|r| r.id)
+    .collect()
 }
 
 #[derive(Debug, Default)]
@@ -195,7 +198,11 @@ fn run_once(limit: usize, drop_inside_runtime: bool, tally: &mut Tally) -> bool 
     let _ = std::fs::remove_file(&path);
     let context = format!(
         "limit {limit}, dropped {} the runtime: ran {ran:?}, rows {committed:?}\n{logs}",
-        if drop_inside_runtime { "inside" } else { "outside" }
+        if drop_inside_runtime {
+            "inside"
+        } else {
+            "outside"
+        }
     );
 
     let file = "tests/async_cancellation.rs";
@@ -217,7 +224,10 @@ fn run_once(limit: usize, drop_inside_runtime: bool, tally: &mut Tally) -> bool 
     let commit_due = COMMIT_HOOKS.iter().any(|h| count(h) == 1 || reported(h));
     let rollback_ran = ROLLBACK_HOOKS.iter().any(|h| count(h) == 1);
     if commit_ran {
-        assert!(committed.contains(&1) && committed.contains(&2), "on_commit ran for uncommitted work: {context}");
+        assert!(
+            committed.contains(&1) && committed.contains(&2),
+            "on_commit ran for uncommitted work: {context}"
+        );
     }
     match completed {
         Some(result) => {
@@ -231,10 +241,19 @@ fn run_once(limit: usize, drop_inside_runtime: bool, tally: &mut Tally) -> bool 
             // Dropped after COMMIT succeeded: every on_commit hook ran once
             // (before the drop or on the spawned task) or was reported.
             for h in COMMIT_HOOKS {
-                assert!(count(h) == 1 || reported(h), "{h} was due, neither ran nor was reported: {context}");
+                assert!(
+                    count(h) == 1 || reported(h),
+                    "{h} was due, neither ran nor was reported: {context}"
+                );
             }
-            assert!(!rollback_ran, "on_rollback ran for committed work: {context}");
-            assert!(committed.contains(&1) && committed.contains(&2), "{context}");
+            assert!(
+                !rollback_ran,
+                "on_rollback ran for committed work: {context}"
+            );
+            assert!(
+                committed.contains(&1) && committed.contains(&2),
+                "{context}"
+            );
             tally.dropped_while_commit_hooks_ran += 1;
             tally.ran_on_task += COMMIT_HOOKS.iter().filter(|h| count(h) == 1).count();
             tally.reported += COMMIT_HOOKS.iter().filter(|h| reported(h)).count();
@@ -246,21 +265,28 @@ fn run_once(limit: usize, drop_inside_runtime: bool, tally: &mut Tally) -> bool 
             assert!(!commit_ran, "{context}");
             for h in ROLLBACK_HOOKS {
                 if reg.line(h).is_some() {
-                    assert!(count(h) == 1 || reported(h), "{h} was due, neither ran nor was reported: {context}");
+                    assert!(
+                        count(h) == 1 || reported(h),
+                        "{h} was due, neither ran nor was reported: {context}"
+                    );
                 }
             }
             if reg.line("r1").is_none() {
                 tally.dropped_before_hooks += 1;
             } else if committed.is_empty() {
                 assert!(
-                    logs.contains("dropped before it finished") || logs.contains("dropped while it ran"),
+                    logs.contains("dropped before it finished")
+                        || logs.contains("dropped while it ran"),
                     "the abandoned transaction is logged: {context}"
                 );
                 tally.rolled_back += 1;
             } else {
                 // Rule 3: the COMMIT was in flight; its outcome is treated
                 // as failed although the database committed it.
-                assert!(logs.contains("COMMIT was dropped while it ran"), "{context}");
+                assert!(
+                    logs.contains("COMMIT was dropped while it ran"),
+                    "{context}"
+                );
                 tally.commit_in_flight += 1;
             }
             tally.reported += ROLLBACK_HOOKS.iter().filter(|h| reported(h)).count();
@@ -273,7 +299,14 @@ fn matrix(drop_inside_runtime: bool) -> Tally {
     let mut tally = Tally::default();
     for limit in 0..500 {
         if run_once(limit, drop_inside_runtime, &mut tally) {
-            eprintln!("drop {} the runtime, every suspension point: {tally:?}", if drop_inside_runtime { "inside" } else { "outside" });
+            eprintln!(
+                "drop {} the runtime, every suspension point: {tally:?}",
+                if drop_inside_runtime {
+                    "inside"
+                } else {
+                    "outside"
+                }
+            );
             return tally;
         }
     }
@@ -283,13 +316,25 @@ fn matrix(drop_inside_runtime: bool) -> Tally {
 #[test]
 fn dropped_at_every_await_inside_the_runtime_each_hook_runs_once_or_is_reported() {
     let tally = matrix(true);
-    assert!(tally.rolled_back > 0 && tally.dropped_while_commit_hooks_ran > 0, "{tally:?}");
-    assert!(tally.ran_on_task > 0, "hooks still due ran on the spawned task: {tally:?}");
+    assert!(
+        tally.rolled_back > 0 && tally.dropped_while_commit_hooks_ran > 0,
+        "{tally:?}"
+    );
+    assert!(
+        tally.ran_on_task > 0,
+        "hooks still due ran on the spawned task: {tally:?}"
+    );
 }
 
 #[test]
 fn dropped_at_every_await_outside_a_runtime_each_due_hook_is_logged() {
     let tally = matrix(false);
-    assert!(tally.rolled_back > 0 && tally.dropped_while_commit_hooks_ran > 0, "{tally:?}");
-    assert!(tally.reported > 0, "hooks still due were reported: {tally:?}");
+    assert!(
+        tally.rolled_back > 0 && tally.dropped_while_commit_hooks_ran > 0,
+        "{tally:?}"
+    );
+    assert!(
+        tally.reported > 0,
+        "hooks still due were reported: {tally:?}"
+    );
 }

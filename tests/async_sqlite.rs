@@ -126,7 +126,11 @@ async fn savepoints_merge_on_release_and_discard_on_rollback() {
             })
             .await;
         assert!(inner.is_err());
-        assert_eq!(l.get(), ["savepoint on_rollback"], "ran when the savepoint rolled back");
+        assert_eq!(
+            l.get(),
+            ["savepoint on_rollback"],
+            "ran when the savepoint rolled back"
+        );
         let l3 = l.clone();
         conn.transaction::<_, Error, _>(async move |conn| {
             conn.on_commit_async(later(&l3, "released savepoint"));
@@ -141,7 +145,12 @@ async fn savepoints_merge_on_release_and_discard_on_rollback() {
     .unwrap();
     assert_eq!(
         log.take(),
-        ["savepoint on_rollback", "outer", "released savepoint", "outer again"]
+        [
+            "savepoint on_rollback",
+            "outer",
+            "released savepoint",
+            "outer again"
+        ]
     );
 }
 
@@ -241,11 +250,13 @@ async fn futures_catch<F: std::future::Future>(f: F) -> std::thread::Result<F::O
     use std::panic::{catch_unwind, AssertUnwindSafe};
     use std::task::Poll;
     let mut f = std::pin::pin!(f);
-    std::future::poll_fn(move |cx| match catch_unwind(AssertUnwindSafe(|| f.as_mut().poll(cx))) {
-        Ok(Poll::Pending) => Poll::Pending,
-        Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
-        Err(p) => Poll::Ready(Err(p)),
-    })
+    std::future::poll_fn(
+        move |cx| match catch_unwind(AssertUnwindSafe(|| f.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Err(p) => Poll::Ready(Err(p)),
+        },
+    )
     .await
 }
 
@@ -258,7 +269,11 @@ async fn a_panicking_async_hook_does_not_stop_the_others() {
     let l = log.clone();
     let outcome = futures_catch(conn.transaction::<_, Error, _>(async |conn| {
         insert(conn, 1).await?;
-        conn.on_commit_async(async { if true { panic!("hook bug") } });
+        conn.on_commit_async(async {
+            if true {
+                panic!("hook bug")
+            }
+        });
         conn.on_commit_async(later(&l, "after the panic"));
         Ok(())
     }))
@@ -270,7 +285,11 @@ async fn a_panicking_async_hook_does_not_stop_the_others() {
     conn.set_hook_panics(HookPanics::Log);
     let l = log.clone();
     conn.transaction::<_, Error, _>(async |conn| {
-        conn.on_commit_async(async { if true { panic!("hook bug") } });
+        conn.on_commit_async(async {
+            if true {
+                panic!("hook bug")
+            }
+        });
         conn.on_commit(l.hook("next"));
         Ok(())
     })
@@ -298,7 +317,11 @@ async fn test_transaction_is_the_baseline() {
         Ok(())
     })
     .await;
-    assert_eq!(count(&mut conn).await, 0, "the test transaction rolled back");
+    assert_eq!(
+        count(&mut conn).await,
+        0,
+        "the test transaction rolled back"
+    );
 }
 
 // Rule 12: capture, Collect then run; Execute.
@@ -430,6 +453,168 @@ fn a_hook_error_is_logged_with_its_label() {
             .unwrap();
         })
     });
-    assert!(logs.contains("ERROR") && logs.contains("broker unreachable"), "{logs}");
-    assert!(logs.contains("async_sqlite.rs"), "the label names the call site: {logs}");
+    assert!(
+        logs.contains("ERROR") && logs.contains("broker unreachable"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("async_sqlite.rs"),
+        "the label names the call site: {logs}"
+    );
+}
+
+// Rule 5.4: hooks registered by a running hook run right after it (depth
+// first); a hook that opens a transaction gets a fresh one with its own hooks.
+#[tokio::test]
+async fn hooks_registered_by_hooks_run_depth_first_and_a_hook_can_open_a_transaction() {
+    let mut conn = with_table().await;
+    let log = Log::new();
+    let l = log.clone();
+    conn.transaction::<_, Error, _>(async |conn| {
+        let l1 = l.clone();
+        conn.on_commit_with(async move |conn: &mut Conn| {
+            l1.push("first");
+            conn.on_commit_async(later(&l1, "registered by first (async)"));
+            conn.on_commit(l1.hook("registered by first (sync, at once)"));
+            let l2 = l1.clone();
+            conn.transaction::<_, Error, _>(async move |conn| {
+                insert(conn, 7).await?;
+                conn.on_commit(l2.hook("fresh transaction's hook"));
+                Ok(())
+            })
+            .await
+            .unwrap();
+        });
+        conn.on_commit(l.hook("second"));
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        log.take(),
+        [
+            "first",
+            "registered by first (sync, at once)",
+            "fresh transaction's hook",
+            "registered by first (async)",
+            "second"
+        ]
+    );
+    assert_eq!(count(&mut conn).await, 1);
+}
+
+// Rule 2: on_rollback outside a transaction is dropped; before_commit panics.
+#[tokio::test]
+async fn outside_a_transaction_on_rollback_is_dropped_and_before_commit_panics() {
+    let mut conn = async_sqlite().await;
+    let log = Log::new();
+    conn.on_rollback(log.hook("never"));
+    conn.on_rollback_async(later(&log, "never either"));
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        conn.before_commit(async |_conn: &mut Conn| Ok(()));
+    }));
+    let message = common::panic_text(&*caught.unwrap_err());
+    assert!(message.contains("nothing to veto"), "{message}");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(log.get().is_empty());
+}
+
+// Rule 6: a robust hook's panic is caught and never resumed.
+#[tokio::test]
+async fn a_robust_hooks_panic_is_caught() {
+    let mut conn = with_table().await;
+    let log = Log::new();
+    let l = log.clone();
+    conn.transaction::<_, Error, _>(async |conn| {
+        conn.on_commit_robust(|| -> () { panic!("robust bug") });
+        conn.on_commit(l.hook("after"));
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(log.take(), ["after"]);
+}
+
+// Rule 8: a transaction the wrapper did not open.
+#[tokio::test]
+async fn registering_in_a_transaction_the_wrapper_did_not_open_panics() {
+    let mut conn = async_sqlite().await;
+    <AsyncSqlite as AsyncConnection>::TransactionManager::begin_transaction(conn.inner_mut())
+        .await
+        .unwrap();
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        conn.on_commit_async(async {});
+    }));
+    let message = common::panic_text(&*caught.unwrap_err());
+    assert!(message.contains("did not open"), "{message}");
+}
+
+// Rule 10: into_inner with an open transaction discards every hook.
+#[tokio::test]
+async fn into_inner_mid_transaction_discards_every_hook() {
+    let mut conn = with_table().await;
+    let log = Log::new();
+    <Conn as AsyncConnection>::TransactionManager::begin_transaction(&mut conn)
+        .await
+        .unwrap();
+    conn.on_commit(log.hook("never"));
+    conn.on_rollback_async(later(&log, "never either"));
+    let inner = conn.into_inner();
+    drop(inner);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(log.get().is_empty());
+}
+
+// Rule 12: capture is called at d == 0 and not nested.
+#[tokio::test]
+async fn capture_inside_a_transaction_panics() {
+    let mut conn = async_sqlite().await;
+    let outcome = futures_catch(conn.transaction::<_, Error, _>(async |conn| {
+        let _ = conn
+            .capture_on_commit(Capture::Collect, async |_conn: &mut Conn| ())
+            .await;
+        Ok(())
+    }))
+    .await;
+    let message = common::panic_text(&*outcome.unwrap_err());
+    assert!(message.contains("outside a transaction"), "{message}");
+    assert!(
+        !conn.in_transaction(),
+        "the panic rolled the transaction back"
+    );
+}
+
+// Rule 5.1: hooks registered by a before_commit hook land in the same level;
+// before_commit hooks it registers run too.
+#[tokio::test]
+async fn before_commit_hooks_can_register_more_hooks() {
+    let mut conn = with_table().await;
+    let log = Log::new();
+    let l = log.clone();
+    conn.transaction::<_, Error, _>(async |conn| {
+        let l1 = l.clone();
+        conn.before_commit(async move |conn: &mut Conn| {
+            l1.push("before 1");
+            conn.on_commit_async(later(&l1, "registered by before 1"));
+            let l2 = l1.clone();
+            conn.before_commit(async move |_conn: &mut Conn| {
+                l2.push("before 2");
+                Ok(())
+            });
+            Ok(())
+        });
+        conn.on_commit(l.hook("registered in the body"));
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        log.take(),
+        [
+            "before 1",
+            "before 2",
+            "registered in the body",
+            "registered by before 1"
+        ]
+    );
 }

@@ -15,7 +15,9 @@ use diesel::connection::{CacheSize, Instrumentation};
 use diesel::query_builder::{AsQuery, QueryFragment, QueryId};
 use diesel::result::{ConnectionResult, Error, QueryResult};
 use diesel_async::pooled_connection::PoolableConnection;
-use diesel_async::{AsyncConnection, AsyncConnectionCore, SimpleAsyncConnection, TransactionManager};
+use diesel_async::{
+    AsyncConnection, AsyncConnectionCore, SimpleAsyncConnection, TransactionManager,
+};
 
 use crate::async_hook::{AsyncHook, AsyncHookFn};
 use crate::async_transaction::AsyncHookedTransactionManager;
@@ -180,6 +182,8 @@ where
 impl<C: AsyncConnection> SimpleAsyncConnection for AsyncHookedConnection<C> {
     async fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
         let Self { inner, state } = self;
+        // Until it completes (it may be dropped first), the depth is unknown.
+        state.touched();
         Observed {
             future: inner.batch_execute(query),
             state,
@@ -201,6 +205,7 @@ impl<C: AsyncConnection> AsyncConnectionCore for AsyncHookedConnection<C> {
         T::Query: QueryFragment<Self::Backend> + QueryId + 'query,
     {
         let Self { inner, state } = self;
+        state.touched();
         Observed {
             future: inner.load(source),
             state,
@@ -215,6 +220,7 @@ impl<C: AsyncConnection> AsyncConnectionCore for AsyncHookedConnection<C> {
         T: QueryFragment<Self::Backend> + QueryId + 'query,
     {
         let Self { inner, state } = self;
+        state.touched();
         Observed {
             future: inner.execute_returning_count(source),
             state,

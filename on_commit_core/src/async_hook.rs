@@ -38,7 +38,9 @@ pub(crate) type SyncWithFn<C> = Box<dyn FnOnce(&mut AsyncHookedConnection<C>, &H
 /// (to require it `Send`): what diesel-async's `transaction` asks of its
 /// callback, for hooks that receive the connection. Every `async |conn| ..`
 /// closure implements it.
-pub trait AsyncHookFn<T, R>: AsyncFnOnce(T) -> R + FnOnce(T) -> <Self as AsyncHookFn<T, R>>::Fut {
+pub trait AsyncHookFn<T, R>:
+    AsyncFnOnce(T) -> R + FnOnce(T) -> <Self as AsyncHookFn<T, R>>::Fut
+{
     /// The future the closure returns.
     type Fut: Future<Output = R>;
 }
@@ -246,10 +248,12 @@ where
     F: for<'c> AsyncHookFn<&'c mut AsyncHookedConnection<C>, R, Fut: Send> + Send + 'static,
     R: HookResult + 'static,
 {
-    Box::new(move |conn: &mut AsyncHookedConnection<C>, label: HookLabel| {
-        let future = f(conn);
-        Box::pin(async move { future.await.__report(&label) })
-    })
+    Box::new(
+        move |conn: &mut AsyncHookedConnection<C>, label: HookLabel| {
+            let future = f(conn);
+            Box::pin(async move { future.await.__report(&label) })
+        },
+    )
 }
 
 /// Boxes an async `before_commit` closure.
@@ -277,6 +281,10 @@ pub(crate) struct HookRun<'a, C: AsyncConnection> {
     /// Commit hooks (their registrations at `d == 0` are exempt from rule 2's
     /// policy, and hooks they register run next, depth first).
     commit: bool,
+    /// Hooks registered by the hook of an enclosing run that is still
+    /// running (this run belongs to a transaction it opened): they run
+    /// after that hook, not here; handed back when this run ends.
+    outer_next: Vec<Entry<AsyncHook<C>>>,
     why: &'static str,
     done: bool,
 }
@@ -288,15 +296,19 @@ impl<'a, C: AsyncConnection> HookRun<'a, C> {
         commit: bool,
         why: &'static str,
     ) -> Self {
-        if commit {
+        let outer_next = if commit {
             conn.state.running_commit_hooks += 1;
-        }
+            std::mem::take(&mut conn.state.next)
+        } else {
+            Vec::new()
+        };
         Self {
             conn,
             pending: VecDeque::from(hooks),
             current: None,
             with_running: None,
             commit,
+            outer_next,
             why,
             done: false,
         }
@@ -364,6 +376,9 @@ impl<'a, C: AsyncConnection> HookRun<'a, C> {
         }
         self.done = true;
         let spent = Vec::from(std::mem::take(&mut self.pending));
+        if self.commit {
+            self.conn.state.next = std::mem::take(&mut self.outer_next);
+        }
         (panics, spent)
     }
 }
@@ -376,6 +391,7 @@ impl<C: AsyncConnection> Drop for HookRun<'_, C> {
         if self.done {
             return;
         }
+        let outer_next = std::mem::take(&mut self.outer_next);
         if let Some(label) = self.with_running.take() {
             tracing::error!(
                 hook = %label,
@@ -388,7 +404,7 @@ impl<C: AsyncConnection> Drop for HookRun<'_, C> {
             .take()
             .map(|(label, f)| (label, AsyncHook::Commit(AsyncCommitHook::Future(f))));
         let due = if self.commit {
-            std::mem::take(&mut self.conn.state.next)
+            std::mem::replace(&mut self.conn.state.next, outer_next)
         } else {
             Vec::new()
         };
