@@ -26,7 +26,10 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
         R: HookResult,
     {
         let label = HookLabel::new(Location::caller(), type_name::<F>());
-        self.register(label, AsyncHook::Commit(AsyncCommitHook::Plain(hook::plain(f))));
+        self.register(
+            label,
+            AsyncHook::Commit(AsyncCommitHook::Plain(hook::plain(f))),
+        );
     }
 
     /// As [`on_commit`](Self::on_commit), but a panic in `f` is caught,
@@ -38,7 +41,10 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
         R: HookResult,
     {
         let label = HookLabel::new(Location::caller(), type_name::<F>());
-        self.register(label, AsyncHook::Commit(AsyncCommitHook::Robust(hook::plain(f))));
+        self.register(
+            label,
+            AsyncHook::Commit(AsyncCommitHook::Robust(hook::plain(f))),
+        );
     }
 
     /// Registers a future to be awaited after the outermost COMMIT succeeded
@@ -78,7 +84,10 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
         R: HookResult + 'static,
     {
         let label = HookLabel::new(Location::caller(), type_name::<F>());
-        self.register(label, AsyncHook::Commit(AsyncCommitHook::With(async_hook::with_hook(f))));
+        self.register(
+            label,
+            AsyncHook::Commit(AsyncCommitHook::With(async_hook::with_hook(f))),
+        );
     }
 
     /// Registers `f` to run after the level it was registered in, or an
@@ -226,7 +235,10 @@ impl<C: AsyncConnection> TransactionHooks for AsyncHookedConnection<C> {
         R: HookResult,
     {
         let label = HookLabel::new(Location::caller(), text);
-        self.register(label, AsyncHook::Commit(AsyncCommitHook::Plain(hook::plain(f))));
+        self.register(
+            label,
+            AsyncHook::Commit(AsyncCommitHook::Plain(hook::plain(f))),
+        );
     }
 
     #[track_caller]
@@ -236,7 +248,10 @@ impl<C: AsyncConnection> TransactionHooks for AsyncHookedConnection<C> {
         R: HookResult,
     {
         let label = HookLabel::new(Location::caller(), text);
-        self.register(label, AsyncHook::Commit(AsyncCommitHook::Robust(hook::plain(f))));
+        self.register(
+            label,
+            AsyncHook::Commit(AsyncCommitHook::Robust(hook::plain(f))),
+        );
     }
 
     /// A sync closure given the connection after COMMIT (for `on_commit!`

@@ -156,7 +156,10 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
 impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
     /// `transaction()`: begin, the body with the panic guard and the
     /// cancellation guard, commit or roll back (rules 4, 5, 7; async rules).
-    pub(crate) async fn run<F, R, E>(conn: &mut AsyncHookedConnection<C>, callback: F) -> Result<R, E>
+    pub(crate) async fn run<F, R, E>(
+        conn: &mut AsyncHookedConnection<C>,
+        callback: F,
+    ) -> Result<R, E>
     where
         F: for<'r> AsyncHookFn<&'r mut AsyncHookedConnection<C>, Result<R, E>>,
         E: From<Error>,
@@ -330,7 +333,10 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
         step.armed = false;
         let conn = &mut *step.conn;
         let status = Inner::<C>::transaction_manager_status_mut(&mut conn.inner);
-        if conn.state.after_commit(level, before, result.is_ok(), status) {
+        if conn
+            .state
+            .after_commit(level, before, result.is_ok(), status)
+        {
             conn.fire_commit_hooks().await;
         } else {
             conn.run_due().await;

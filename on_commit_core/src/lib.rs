@@ -26,7 +26,6 @@
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations)]
 
-mod atomic;
 #[cfg(feature = "async")]
 mod async_atomic;
 #[cfg(feature = "async")]
@@ -39,6 +38,7 @@ mod async_register;
 mod async_testing;
 #[cfg(feature = "async")]
 mod async_transaction;
+mod atomic;
 mod atomic_options;
 mod builder;
 mod connection;
@@ -50,6 +50,14 @@ mod state;
 mod testing;
 mod transaction;
 
+#[cfg(feature = "async")]
+pub use crate::async_connection::{AsyncHookedConnection, Observed};
+#[cfg(feature = "async")]
+pub use crate::async_hook::AsyncHookFn;
+#[cfg(feature = "async")]
+pub use crate::async_testing::AsyncCapturedHooks;
+#[cfg(feature = "async")]
+pub use crate::async_transaction::AsyncHookedTransactionManager;
 #[doc(hidden)]
 pub use crate::builder::IsolationAndReadMode;
 #[cfg(feature = "mysql")]
@@ -59,14 +67,6 @@ pub use crate::builder::PgTransactionOptions;
 #[cfg(feature = "sqlite")]
 pub use crate::builder::SqliteTransactionMode;
 pub use crate::builder::{BeginStatement, IsolationLevel, NoRetry, TransactionBuilder};
-#[cfg(feature = "async")]
-pub use crate::async_connection::{AsyncHookedConnection, Observed};
-#[cfg(feature = "async")]
-pub use crate::async_hook::AsyncHookFn;
-#[cfg(feature = "async")]
-pub use crate::async_testing::AsyncCapturedHooks;
-#[cfg(feature = "async")]
-pub use crate::async_transaction::AsyncHookedTransactionManager;
 pub use crate::connection::HookedConnection;
 pub use crate::hook::{HookLabel, HookPanics, HookResult, OutsideTransaction};
 pub use crate::register::TransactionHooks;
@@ -76,21 +76,21 @@ pub use crate::transaction::HookedTransactionManager;
 
 /// The names most code needs: `use diesel_on_commit::prelude::*;`.
 pub mod prelude {
+    #[cfg(feature = "async")]
+    pub use crate::{AsyncCapturedHooks, AsyncHookedConnection};
     pub use crate::{
         Capture, CapturedHooks, HookPanics, HookedConnection, OutsideTransaction, RetryPolicy,
         TransactionHooks,
     };
-    #[cfg(feature = "async")]
-    pub use crate::{AsyncCapturedHooks, AsyncHookedConnection};
 }
 
 /// Items the macros' expansions name. Not public API: no stability promise.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::atomic::{atomic, AtomicReturn};
-    pub use crate::atomic_options::*;
     #[cfg(feature = "async")]
     pub use crate::async_atomic::*;
+    pub use crate::atomic::{atomic, AtomicReturn};
+    pub use crate::atomic_options::*;
     pub use diesel;
     #[cfg(feature = "async")]
     pub use diesel_async;

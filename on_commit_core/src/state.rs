@@ -514,7 +514,12 @@ impl<H: QueuedHook> HookState<H> {
     /// (`None`), or handed back to be run at once under rule 2 (`Some`,
     /// an `on_commit`-kind hook at `d == 0` that the policy lets run).
     #[inline]
-    pub(crate) fn place(&mut self, check: DepthCheck, label: HookLabel, hook: H) -> Option<H::Commit> {
+    pub(crate) fn place(
+        &mut self,
+        check: DepthCheck,
+        label: HookLabel,
+        hook: H,
+    ) -> Option<H::Commit> {
         if check == DepthCheck::Matches && self.levels >= 1 {
             let level = self.levels;
             self.queue.push(level, Entry { label, hook });

@@ -294,7 +294,10 @@ impl<C: Connection> TransactionManager<HookedConnection<C>> for HookedTransactio
         conn.state.touched();
         let result = Inner::<C>::commit_transaction(&mut conn.inner);
         let status = Inner::<C>::transaction_manager_status_mut(&mut conn.inner);
-        if conn.state.after_commit(level, before, result.is_ok(), status) {
+        if conn
+            .state
+            .after_commit(level, before, result.is_ok(), status)
+        {
             conn.fire_commit_hooks();
         }
         result
