@@ -618,3 +618,88 @@ async fn before_commit_hooks_can_register_more_hooks() {
         ]
     );
 }
+
+// Cancellation rule 1 inside a live transaction: a savepoint's future is
+// dropped (a timeout in the body). Nothing commits; the on_rollback hooks of
+// every level run in registration order before the outer `transaction()`
+// returns its error; the connection is then refused.
+#[tokio::test]
+async fn a_savepoint_future_dropped_inside_a_live_transaction_fails_the_transaction() {
+    let mut conn = with_table().await;
+    let log = Log::new();
+    let l = log.clone();
+    let outcome = conn
+        .transaction::<_, Error, _>(async |conn| {
+            insert(conn, 1).await?;
+            conn.on_rollback(l.hook("r1 outer"));
+            conn.on_commit(l.hook("never"));
+            let l2 = l.clone();
+            let inner = conn.transaction::<(), Error, _>(async move |conn| {
+                conn.on_rollback_async(later(&l2, "r2 savepoint"));
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Ok(())
+            });
+            assert!(tokio::time::timeout(Duration::from_millis(10), inner)
+                .await
+                .is_err());
+            conn.on_rollback(l.hook("r3 outer, after the drop"));
+            Ok(())
+        })
+        .await;
+    assert!(outcome.is_err(), "{outcome:?}");
+    assert_eq!(
+        log.take(),
+        ["r1 outer", "r2 savepoint", "r3 outer, after the drop"],
+        "awaited in order before transaction() returned"
+    );
+    let next = conn
+        .transaction::<_, Error, _>(async |conn| insert(conn, 2).await)
+        .await;
+    assert!(
+        next.is_err(),
+        "a connection abandoned mid-transaction is refused"
+    );
+}
+
+// Rule 2 on the async wrapper: an async hook registered by a sync hook that
+// runs at once outside any transaction goes to a task, not into limbo.
+#[tokio::test]
+async fn an_async_hook_registered_by_an_at_once_hook_is_not_lost() {
+    let mut owned = async_sqlite().await;
+    let conn = &mut owned;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    on_commit!(conn, move |c: &mut Conn| c.on_commit_async(async move {
+        let _ = tx.send("ran");
+    }));
+    let ran = tokio::time::timeout(Duration::from_secs(5), rx).await;
+    assert_eq!(ran.expect("it ran").unwrap(), "ran");
+}
+
+// Rule 6 and cancellation: a hook's panic caught before the future was
+// dropped is still logged.
+#[test]
+fn a_hook_panic_caught_before_the_future_was_dropped_is_logged() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ((), logs) = capture_logs(|| {
+        rt.block_on(async {
+            let mut conn = with_table().await;
+            let (started, hook_started) = tokio::sync::oneshot::channel::<()>();
+            let request = conn.transaction::<_, Error, _>(async move |conn| {
+                conn.on_commit(|| -> () { panic!("first hook bug") });
+                conn.on_commit_async(async move {
+                    let _ = started.send(());
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                });
+                Ok(())
+            });
+            tokio::select! {
+                _ = request => unreachable!("the second hook sleeps"),
+                _ = hook_started => {}
+            }
+        })
+    });
+    assert!(logs.contains("first hook bug"), "{logs}");
+}

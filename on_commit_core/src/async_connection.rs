@@ -19,7 +19,7 @@ use diesel_async::{
     AsyncConnection, AsyncConnectionCore, SimpleAsyncConnection, TransactionManager,
 };
 
-use crate::async_hook::{AsyncHook, AsyncHookFn};
+use crate::async_hook::{AsyncHook, AsyncHookFn, Orphan};
 use crate::async_transaction::AsyncHookedTransactionManager;
 use crate::hook::{HookPanics, OutsideTransaction};
 use crate::state::{HookState, Touch};
@@ -59,6 +59,16 @@ use crate::state::{HookState, Touch};
 pub struct AsyncHookedConnection<C: AsyncConnection> {
     pub(crate) inner: C,
     pub(crate) state: HookState<AsyncHook<C>>,
+    /// How many guards of futures in flight on this connection are alive
+    /// (`InFlight`, `HookRun`): hooks that a dropped future left due are
+    /// collected in `orphans` and handed to one task, in order, when the
+    /// outermost of them goes.
+    pub(crate) live: u32,
+    /// How many `HookRun`s of `on_commit`-kind hooks are alive: an async
+    /// hook registered at `d == 0` then runs after the hook that registered
+    /// it (`state.next`).
+    pub(crate) hook_runs: u32,
+    pub(crate) orphans: Vec<Orphan<C>>,
 }
 
 impl<C: AsyncConnection> AsyncHookedConnection<C> {
@@ -69,6 +79,9 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
         Self {
             inner,
             state: HookState::new(),
+            live: 0,
+            hook_runs: 0,
+            orphans: Vec::new(),
         }
     }
 
@@ -97,7 +110,7 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
             drop(self.state.queue.take_all());
             self.state.levels = 0;
         }
-        let Self { inner, state } = self;
+        let Self { inner, state, .. } = self;
         drop(state);
         inner
     }
@@ -181,7 +194,7 @@ where
 
 impl<C: AsyncConnection> SimpleAsyncConnection for AsyncHookedConnection<C> {
     async fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
-        let Self { inner, state } = self;
+        let Self { inner, state, .. } = self;
         // Until it completes (it may be dropped first), the depth is unknown.
         state.touched();
         Observed {
@@ -204,7 +217,7 @@ impl<C: AsyncConnection> AsyncConnectionCore for AsyncHookedConnection<C> {
         T: AsQuery + 'query,
         T::Query: QueryFragment<Self::Backend> + QueryId + 'query,
     {
-        let Self { inner, state } = self;
+        let Self { inner, state, .. } = self;
         state.touched();
         Observed {
             future: inner.load(source),
@@ -219,7 +232,7 @@ impl<C: AsyncConnection> AsyncConnectionCore for AsyncHookedConnection<C> {
     where
         T: QueryFragment<Self::Backend> + QueryId + 'query,
     {
-        let Self { inner, state } = self;
+        let Self { inner, state, .. } = self;
         state.touched();
         Observed {
             future: inner.execute_returning_count(source),

@@ -122,7 +122,7 @@ impl<C: AsyncConnection> QueuedHook for AsyncHook<C> {
     }
 
     fn orphaned(due: Vec<Entry<Self>>, why: &'static str) {
-        orphaned(due.into_iter().map(|e| (e.label, e.hook)), why);
+        orphaned(due.into_iter().map(|e| (e.label, e.hook, why)));
     }
 }
 
@@ -133,28 +133,29 @@ enum Detached {
     Future(BoxFuture<'static, ()>),
 }
 
+/// A hook that was due when the future that was to run it went away, and
+/// why it did not run there.
+pub(crate) type Orphan<C> = (HookLabel, AsyncHook<C>, &'static str);
+
 /// Hooks that were due when the caller's future was dropped or the
 /// connection went away: no user hook runs inside `Drop`. With the `tokio`
-/// feature and a runtime, they run in registration order on one task
-/// spawned on it; otherwise each is logged at ERROR with its label. Hooks
-/// that need the connection (`on_commit_with`, `before_commit`) cannot run
-/// without it and are logged at ERROR.
-pub(crate) fn orphaned<C: AsyncConnection>(
-    due: impl IntoIterator<Item = (HookLabel, AsyncHook<C>)>,
-    why: &'static str,
-) {
+/// feature and a runtime, they run in the given order on one task spawned
+/// on it; otherwise each is logged at ERROR with its label. Hooks that need
+/// the connection (`on_commit_with`, `before_commit`) cannot run without it
+/// and are logged at ERROR.
+pub(crate) fn orphaned<C: AsyncConnection>(due: impl IntoIterator<Item = Orphan<C>>) {
     let mut detached = Vec::new();
-    for (label, hook) in due {
+    for (label, hook, why) in due {
         let kind = hook.kind();
         match hook {
             AsyncHook::Commit(AsyncCommitHook::Plain(f)) | AsyncHook::Rollback(f) => {
-                detached.push((label, kind, Detached::Sync(f)))
+                detached.push((label, kind, why, Detached::Sync(f)))
             }
             AsyncHook::Commit(AsyncCommitHook::Robust(f)) => {
-                detached.push((label, kind, Detached::Robust(f)))
+                detached.push((label, kind, why, Detached::Robust(f)))
             }
             AsyncHook::Commit(AsyncCommitHook::Future(f)) | AsyncHook::RollbackFuture(f) => {
-                detached.push((label, kind, Detached::Future(f)))
+                detached.push((label, kind, why, Detached::Future(f)))
             }
             AsyncHook::Commit(AsyncCommitHook::With(_) | AsyncCommitHook::WithSync(_))
             | AsyncHook::BeforeCommit(_) => tracing::error!(
@@ -171,13 +172,14 @@ pub(crate) fn orphaned<C: AsyncConnection>(
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         tracing::warn!(
             hooks = detached.len(),
-            "{why}: the {} hook(s) still due run on a spawned task",
+            "{}: the {} hook(s) still due run on a spawned task",
+            detached[0].2,
             detached.len()
         );
         runtime.spawn(run_detached(detached));
         return;
     }
-    for (label, kind, _) in detached {
+    for (label, kind, why, _) in detached {
         tracing::error!(
             hook = %label,
             "{kind} hook {label} was due but did not run: {why}, and no tokio runtime was there \
@@ -187,8 +189,8 @@ pub(crate) fn orphaned<C: AsyncConnection>(
 }
 
 #[cfg(feature = "tokio")]
-async fn run_detached(hooks: Vec<(HookLabel, &'static str, Detached)>) {
-    for (label, kind, hook) in hooks {
+async fn run_detached(hooks: Vec<(HookLabel, &'static str, &'static str, Detached)>) {
+    for (label, kind, _, hook) in hooks {
         let outcome = match hook {
             Detached::Sync(f) | Detached::Robust(f) => {
                 panic::catch_unwind(AssertUnwindSafe(|| f(&label)))
@@ -286,6 +288,8 @@ pub(crate) struct HookRun<'a, C: AsyncConnection> {
     /// after that hook, not here; handed back when this run ends.
     outer_next: Vec<Entry<AsyncHook<C>>>,
     why: &'static str,
+    /// The first panic of the hooks run so far.
+    panics: FirstPanic,
     done: bool,
 }
 
@@ -296,8 +300,10 @@ impl<'a, C: AsyncConnection> HookRun<'a, C> {
         commit: bool,
         why: &'static str,
     ) -> Self {
+        conn.live += 1;
         let outer_next = if commit {
             conn.state.running_commit_hooks += 1;
+            conn.hook_runs += 1;
             std::mem::take(&mut conn.state.next)
         } else {
             Vec::new()
@@ -310,6 +316,7 @@ impl<'a, C: AsyncConnection> HookRun<'a, C> {
             commit,
             outer_next,
             why,
+            panics: FirstPanic::new(),
             done: false,
         }
     }
@@ -318,7 +325,6 @@ impl<'a, C: AsyncConnection> HookRun<'a, C> {
     /// at `d == 0` by a running hook) run right after the hook that
     /// registered them. Returns the first panic and the spent buffer.
     pub(crate) async fn run(mut self) -> (FirstPanic, Vec<Entry<AsyncHook<C>>>) {
-        let mut panics = FirstPanic::new();
         loop {
             if self.commit && !self.conn.state.next.is_empty() {
                 let next = std::mem::take(&mut self.conn.state.next);
@@ -340,20 +346,20 @@ impl<'a, C: AsyncConnection> HookRun<'a, C> {
                     None => hook,
                 },
                 AsyncHook::Rollback(f) if !self.commit => {
-                    hook::run_plain(f, &label, &mut panics);
+                    hook::run_plain(f, &label, &mut self.panics);
                     continue;
                 }
                 AsyncHook::RollbackFuture(f) if !self.commit => AsyncCommitHook::Future(f),
                 _ => continue,
             };
             match hook {
-                AsyncCommitHook::Plain(f) => hook::run_plain(f, &label, &mut panics),
+                AsyncCommitHook::Plain(f) => hook::run_plain(f, &label, &mut self.panics),
                 AsyncCommitHook::Robust(f) => hook::run_robust(f, &label),
                 AsyncCommitHook::WithSync(f) => {
                     let conn = &mut *self.conn;
                     if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| f(conn, &label)))
                     {
-                        panics.record(label, payload);
+                        self.panics.record(label, payload);
                     }
                 }
                 AsyncCommitHook::Future(f) => {
@@ -361,7 +367,7 @@ impl<'a, C: AsyncConnection> HookRun<'a, C> {
                     let outcome = CatchUnwind::new(future.as_mut()).await;
                     self.current = None;
                     if let Err(payload) = outcome {
-                        panics.record(label, payload);
+                        self.panics.record(label, payload);
                     }
                 }
                 AsyncCommitHook::With(f) => {
@@ -369,7 +375,7 @@ impl<'a, C: AsyncConnection> HookRun<'a, C> {
                     let outcome = CatchUnwind::new(f(&mut *self.conn, label)).await;
                     self.with_running = None;
                     if let Err(payload) = outcome {
-                        panics.record(label, payload);
+                        self.panics.record(label, payload);
                     }
                 }
             }
@@ -379,7 +385,10 @@ impl<'a, C: AsyncConnection> HookRun<'a, C> {
         if self.commit {
             self.conn.state.next = std::mem::take(&mut self.outer_next);
         }
-        (panics, spent)
+        (
+            std::mem::replace(&mut self.panics, FirstPanic::new()),
+            spent,
+        )
     }
 }
 
@@ -387,23 +396,37 @@ impl<C: AsyncConnection> Drop for HookRun<'_, C> {
     fn drop(&mut self) {
         if self.commit {
             self.conn.state.running_commit_hooks -= 1;
+            self.conn.hook_runs -= 1;
         }
-        if self.done {
-            return;
+        if !self.done {
+            self.orphan_the_rest();
         }
-        let outer_next = std::mem::take(&mut self.outer_next);
+        self.conn.leave_guard();
+    }
+}
+
+impl<C: AsyncConnection> HookRun<'_, C> {
+    /// The caller's future was dropped while hooks ran: the hook being
+    /// awaited (when it does not hold the connection), the hooks it
+    /// registered and every later one join the connection's orphans, in
+    /// that order; a panic already caught is logged.
+    #[cold]
+    fn orphan_the_rest(&mut self) {
+        let why = self.why;
         if let Some(label) = self.with_running.take() {
-            tracing::error!(
-                hook = %label,
-                "on_commit_with hook {label} was cancelled while it ran: {}",
-                self.why
-            );
+            tracing::error!(hook = %label, "on_commit_with hook {label} was cancelled while it ran: {why}");
         }
+        std::mem::replace(&mut self.panics, FirstPanic::new()).finish(
+            self.conn.state.hook_panics,
+            true,
+            "before its transaction's future was dropped",
+        );
         let current = self
             .current
             .take()
-            .map(|(label, f)| (label, AsyncHook::Commit(AsyncCommitHook::Future(f))));
-        let due = if self.commit {
+            .map(|(label, f)| (label, AsyncHook::Commit(AsyncCommitHook::Future(f)), why));
+        let outer_next = std::mem::take(&mut self.outer_next);
+        let next = if self.commit {
             std::mem::replace(&mut self.conn.state.next, outer_next)
         } else {
             Vec::new()
@@ -416,12 +439,22 @@ impl<C: AsyncConnection> Drop for HookRun<'_, C> {
                 AsyncHook::Commit(_) => commit,
                 _ => !commit && e.hook.is_rollback(),
             });
-        orphaned(
-            current
-                .into_iter()
-                .chain(due.into_iter().map(|e| (e.label, e.hook)))
-                .chain(rest.map(|e| (e.label, e.hook))),
-            self.why,
-        );
+        let orphans = current
+            .into_iter()
+            .chain(next.into_iter().map(|e| (e.label, e.hook, why)))
+            .chain(rest.map(|e| (e.label, e.hook, why)));
+        self.conn.orphans.extend(orphans);
+    }
+}
+
+impl<C: AsyncConnection> AsyncHookedConnection<C> {
+    /// A guard of a future in flight went away. When it was the outermost,
+    /// every hook the dropped futures left due goes to one task, in order
+    /// (or to the log).
+    pub(crate) fn leave_guard(&mut self) {
+        self.live -= 1;
+        if self.live == 0 && !self.orphans.is_empty() {
+            orphaned(std::mem::take(&mut self.orphans));
+        }
     }
 }

@@ -158,7 +158,8 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     #[inline(never)]
     fn run_at_once(&mut self, label: HookLabel, hook: AsyncCommitHook<C>) {
         let is_async = matches!(hook, AsyncCommitHook::Future(_) | AsyncCommitHook::With(_));
-        if is_async && self.state.running_commit_hooks > 0 {
+        if is_async && self.hook_runs > 0 {
+            // A hook is being awaited: this one runs right after it.
             self.state.next.push(crate::queue::Entry {
                 label,
                 hook: AsyncHook::Commit(hook),
@@ -182,10 +183,11 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
                     panics.record(label, payload);
                 }
             }
-            hook @ (AsyncCommitHook::Future(_) | AsyncCommitHook::With(_)) => orphaned(
-                [(label, AsyncHook::Commit(hook))],
+            hook @ (AsyncCommitHook::Future(_) | AsyncCommitHook::With(_)) => orphaned([(
+                label,
+                AsyncHook::Commit(hook),
                 "it was registered outside a transaction, where the registering call cannot await it",
-            ),
+            )]),
         }
         self.state.running_commit_hooks -= 1;
         panics.finish(

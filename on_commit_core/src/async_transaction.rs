@@ -8,14 +8,14 @@
 //! future is dropped before it finished marks the connection broken.
 
 use std::marker::PhantomData;
-use std::panic;
+use std::panic::{self, AssertUnwindSafe};
 use std::pin::pin;
 
 use diesel::result::{Error, QueryResult};
 use diesel_async::{AsyncConnection, TransactionManager};
 
 use crate::async_connection::AsyncHookedConnection;
-use crate::async_hook::{orphaned, AsyncHook, AsyncHookFn, CatchUnwind, HookRun};
+use crate::async_hook::{AsyncHook, AsyncHookFn, CatchUnwind, HookRun};
 use crate::hook::FirstPanic;
 use crate::state::{depth_of, DepthCheck};
 
@@ -42,7 +42,9 @@ const DROPPED_AFTER_ROLLBACK: &str =
 /// future is dropped before it finished, the transaction is abandoned: not
 /// committed (or a COMMIT whose outcome is unknown), so the connection is
 /// marked broken (pools drop it), its `on_commit` hooks are discarded and
-/// its `on_rollback` hooks are due (rule 9); they run on a spawned task.
+/// its `on_rollback` hooks are due (rule 9). An enclosing transaction whose
+/// future is still alive awaits them (its COMMIT then fails); else they go,
+/// with every other hook the dropped futures left due, to one task.
 struct InFlight<'a, C: AsyncConnection> {
     conn: &'a mut AsyncHookedConnection<C>,
     /// Abandon only while the wrapper still has levels `>= level` open
@@ -52,8 +54,11 @@ struct InFlight<'a, C: AsyncConnection> {
     armed: bool,
 }
 
+const ABANDONED: &str = "the caller's future was dropped before the transaction finished";
+
 impl<'a, C: AsyncConnection> InFlight<'a, C> {
     fn new(conn: &'a mut AsyncHookedConnection<C>, level: u32, what: &'static str) -> Self {
+        conn.live += 1;
         Self {
             conn,
             level,
@@ -61,13 +66,9 @@ impl<'a, C: AsyncConnection> InFlight<'a, C> {
             armed: true,
         }
     }
-}
 
-impl<C: AsyncConnection> Drop for InFlight<'_, C> {
-    fn drop(&mut self) {
-        if !self.armed || self.conn.state.levels < self.level {
-            return;
-        }
+    #[cold]
+    fn abandon(&mut self) {
         let conn = &mut *self.conn;
         tracing::warn!(
             levels = conn.state.levels,
@@ -75,13 +76,52 @@ impl<C: AsyncConnection> Drop for InFlight<'_, C> {
              unknown) and the connection is marked broken",
             self.what
         );
-        Inner::<C>::transaction_manager_status_mut(&mut conn.inner).set_in_error();
+        // diesel-async's SyncConnectionWrapper panics here while its
+        // blocking task still holds the state; no panic may leave `drop`.
+        let inner = &mut conn.inner;
+        let marked = panic::catch_unwind(AssertUnwindSafe(|| {
+            Inner::<C>::transaction_manager_status_mut(inner).set_in_error()
+        }));
+        if marked.is_err() {
+            conn.state.lost = true;
+        }
         conn.state.touched();
         conn.state.connection_broken();
-        orphaned(
-            conn.state.take_due().into_iter().map(|e| (e.label, e.hook)),
-            "the caller's future was dropped before the transaction finished",
-        );
+    }
+}
+
+impl<C: AsyncConnection> Drop for InFlight<'_, C> {
+    fn drop(&mut self) {
+        if self.armed && self.conn.state.levels >= self.level {
+            self.abandon();
+        }
+        let conn = &mut *self.conn;
+        if conn.live == 1 && !conn.state.due.is_empty() {
+            // No enclosing future is left to await them.
+            let due = conn.state.take_due();
+            conn.orphans
+                .extend(due.into_iter().map(|e| (e.label, e.hook, ABANDONED)));
+        }
+        conn.leave_guard();
+    }
+}
+
+/// `unwinding` raised while a panic of the body is handled; lowered when
+/// this goes, also if the future is dropped meanwhile.
+struct Unwinding<'a, C: AsyncConnection> {
+    conn: &'a mut AsyncHookedConnection<C>,
+}
+
+impl<'a, C: AsyncConnection> Unwinding<'a, C> {
+    fn new(conn: &'a mut AsyncHookedConnection<C>) -> Self {
+        conn.state.unwinding += 1;
+        Self { conn }
+    }
+}
+
+impl<C: AsyncConnection> Drop for Unwinding<'_, C> {
+    fn drop(&mut self) {
+        self.conn.state.unwinding -= 1;
     }
 }
 
@@ -185,19 +225,26 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
                 Ok(()) => Ok(value),
                 Err(commit_error) => {
                     let _ = Self::roll_back_level(conn, level).await;
+                    conn.run_due().await;
                     Err(commit_error.into())
                 }
             },
-            Ok(Err(user_error)) => match Self::roll_back_level(conn, level).await {
-                Ok(()) | Err(Error::BrokenTransactionManager) => Err(user_error),
-                Err(rollback_error) => Err(rollback_error.into()),
-            },
+            Ok(Err(user_error)) => {
+                let rolled_back = Self::roll_back_level(conn, level).await;
+                // Also when the level was gone already (a broken connection).
+                conn.run_due().await;
+                match rolled_back {
+                    Ok(()) | Err(Error::BrokenTransactionManager) => Err(user_error),
+                    Err(rollback_error) => Err(rollback_error.into()),
+                }
+            }
             Err(payload) => {
-                conn.state.unwinding += 1;
-                if let Err(e) = Self::roll_back_level(conn, level).await {
+                let unwinding = Unwinding::new(conn);
+                if let Err(e) = Self::roll_back_level(&mut *unwinding.conn, level).await {
                     tracing::error!("rollback after a panic in the transaction body failed: {e}");
                 }
-                conn.state.unwinding -= 1;
+                unwinding.conn.run_due().await;
+                drop(unwinding);
                 guard.armed = false;
                 panic::resume_unwind(payload)
             }
@@ -239,9 +286,11 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
                 }
                 Err(payload) => {
                     tracing::error!(hook = %entry.label, "before_commit hook panicked; rolling back");
-                    conn.state.unwinding += 1;
-                    let _ = Self::roll_back_level(conn, conn.state.levels).await;
-                    conn.state.unwinding -= 1;
+                    let level = conn.state.levels;
+                    let unwinding = Unwinding::new(conn);
+                    let _ = Self::roll_back_level(&mut *unwinding.conn, level).await;
+                    unwinding.conn.run_due().await;
+                    drop(unwinding);
                     panic::resume_unwind(payload);
                 }
             }
@@ -295,10 +344,23 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
     /// Commits the innermost level: as the sync manager's
     /// `commit_transaction` (rules 3, 5), with the hooks awaited.
     async fn commit(conn: &mut AsyncHookedConnection<C>) -> QueryResult<()> {
-        if conn.sync() != DepthCheck::Matches || conn.state.levels == 0 {
-            conn.run_due().await;
-            conn.state.touched();
-            return Inner::<C>::commit_transaction(&mut conn.inner).await;
+        match conn.sync() {
+            DepthCheck::Matches if conn.state.levels > 0 => {}
+            DepthCheck::Broken => {
+                // Its hooks were handled as a rollback (rule 9): nothing may
+                // commit now. Roll back as far as the connection allows.
+                conn.run_due().await;
+                conn.state.touched();
+                return Err(Inner::<C>::rollback_transaction(&mut conn.inner)
+                    .await
+                    .err()
+                    .unwrap_or(Error::BrokenTransactionManager));
+            }
+            _ => {
+                conn.run_due().await;
+                conn.state.touched();
+                return Inner::<C>::commit_transaction(&mut conn.inner).await;
+            }
         }
         conn.run_due().await;
         let level = conn.state.levels;

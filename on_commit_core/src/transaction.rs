@@ -272,9 +272,20 @@ impl<C: Connection> TransactionManager<HookedConnection<C>> for HookedTransactio
     /// * A failed COMMIT or RELEASE that closed the level counts as a
     ///   rollback (rule 4); one that left it open leaves it to the caller.
     fn commit_transaction(conn: &mut HookedConnection<C>) -> QueryResult<()> {
-        if conn.sync() != DepthCheck::Matches || conn.state.levels == 0 {
-            conn.state.touched();
-            return Inner::<C>::commit_transaction(&mut conn.inner);
+        match conn.sync() {
+            DepthCheck::Matches if conn.state.levels > 0 => {}
+            DepthCheck::Broken => {
+                // Its hooks were handled as a rollback (rule 9): nothing may
+                // commit now. Roll back as far as the connection allows.
+                conn.state.touched();
+                return Err(Inner::<C>::rollback_transaction(&mut conn.inner)
+                    .err()
+                    .unwrap_or(Error::BrokenTransactionManager));
+            }
+            _ => {
+                conn.state.touched();
+                return Inner::<C>::commit_transaction(&mut conn.inner);
+            }
         }
         let level = conn.state.levels;
         if level == 1 {
