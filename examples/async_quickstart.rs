@@ -35,17 +35,15 @@ impl Broker {
 }
 
 /// The transaction: insert the order, publish `order_created` after COMMIT.
+#[atomic]
 async fn create_order(conn: &mut DbConn, id: i32, broker: Broker) -> Result<i32, Error> {
-    conn.transaction(async move |conn| {
-        conn.on_rollback(move || println!("   on_rollback: order {id} was not created"));
-        diesel::sql_query(format!("INSERT INTO orders (id) VALUES ({id})"))
-            .execute(conn)
-            .await?;
-        conn.on_commit_async(async move { broker.publish(format!("order_created {id}")).await });
-        println!("   order {id} inserted; nothing published yet (not committed)");
-        Ok(id)
-    })
-    .await
+    conn.on_rollback(move || println!("   on_rollback: order {id} was not created"));
+    diesel::sql_query(format!("INSERT INTO orders (id) VALUES ({id})"))
+        .execute(conn)
+        .await?;
+    conn.on_commit_async(async move { broker.publish(format!("order_created {id}")).await });
+    println!("   order {id} inserted; nothing published yet (not committed)");
+    Ok(id)
 }
 
 /// What an axum handler would be: `State(pool)` in, a status out.

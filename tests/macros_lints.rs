@@ -166,3 +166,103 @@ fn every_form_compiles_lint_free_and_runs() {
     underscored(&mut conn, 0).unwrap();
     owned(conn).unwrap();
 }
+
+/// `#[atomic] async fn`, in the forms of the sync functions above, on
+/// diesel-async's `SyncConnectionWrapper<SqliteConnection>`.
+#[cfg(feature = "async")]
+mod async_forms {
+    use diesel::result::{Error, QueryResult};
+    use diesel::sqlite::{Sqlite, SqliteConnection};
+    use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+    use diesel_async::{AsyncConnection, RunQueryDsl};
+    use diesel_on_commit::atomic;
+
+    use super::AppError;
+
+    type Conn = SyncConnectionWrapper<SqliteConnection>;
+
+    #[atomic]
+    async fn simple(conn: &mut Conn, id: i32) -> QueryResult<i32> {
+        let _ = diesel::sql_query("SELECT 1").execute(conn).await?;
+        if id < 0 {
+            return Err(Error::RollbackTransaction);
+        }
+        Ok(id)
+    }
+
+    #[atomic(durable)]
+    async fn durable(conn: &mut Conn) -> Result<(), AppError> {
+        let _ = simple(conn, 1).await?;
+        Ok(())
+    }
+
+    #[atomic(conn = db, crate = diesel_on_commit)]
+    async fn named(values: &mut Vec<i32>, db: &mut Conn) -> QueryResult<usize> {
+        values.push(simple(db, 1).await?);
+        Ok(values.len())
+    }
+
+    #[atomic]
+    async fn owned(mut conn: Conn) -> QueryResult<()> {
+        let _ = simple(conn, 1).await?;
+        Ok(())
+    }
+
+    #[atomic]
+    async fn rebound(mut conn: &mut Conn) -> QueryResult<()> {
+        conn = {
+            let again: &mut Conn = conn;
+            again
+        };
+        let _ = simple(conn, 1).await?;
+        Ok(())
+    }
+
+    #[atomic]
+    async fn generic<C>(conn: &mut C, items: impl IntoIterator<Item = i32>) -> QueryResult<i32>
+    where
+        C: AsyncConnection<Backend = Sqlite>,
+    {
+        let _ = diesel::sql_query("SELECT 1").execute(conn).await?;
+        Ok(items.into_iter().sum())
+    }
+
+    #[atomic]
+    async fn borrowed<'a>(conn: &mut Conn, name: &'a str) -> QueryResult<&'a str> {
+        let _ = simple(conn, 1).await?;
+        Ok(name)
+    }
+
+    #[atomic]
+    async fn underscored(_db: &mut Conn, _unused: u8) -> QueryResult<()> {
+        Ok(())
+    }
+
+    struct Service {
+        calls: u32,
+    }
+
+    impl Service {
+        #[atomic]
+        async fn call(&mut self, conn: &mut Conn) -> QueryResult<u32> {
+            self.calls += 1;
+            let _ = simple(conn, 1).await?;
+            Ok(self.calls)
+        }
+    }
+
+    #[tokio::test]
+    async fn every_async_form_compiles_lint_free_and_runs() {
+        let mut conn = Conn::establish(":memory:").await.unwrap();
+        assert_eq!(simple(&mut conn, 1).await, Ok(1));
+        assert_eq!(simple(&mut conn, -1).await, Err(Error::RollbackTransaction));
+        durable(&mut conn).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(named(&mut Vec::new(), &mut conn).await, Ok(1));
+        rebound(&mut conn).await.unwrap();
+        assert_eq!(generic(&mut conn, [1, 2]).await, Ok(3));
+        assert_eq!(borrowed(&mut conn, "x").await, Ok("x"));
+        assert_eq!(Service { calls: 0 }.call(&mut conn).await, Ok(1));
+        underscored(&mut conn, 0).await.unwrap();
+        owned(conn).await.unwrap();
+    }
+}

@@ -198,6 +198,9 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     }
 }
 
+// Not listed under a misuse's error: its notes say what to write, the
+// same with and without the `async` feature.
+#[diagnostic::do_not_recommend]
 impl<C: AsyncConnection> TransactionHooks for AsyncHookedConnection<C> {
     #[track_caller]
     fn on_commit<F, R>(&mut self, f: F)

@@ -22,6 +22,7 @@
 //! | `async_transaction.rs` | the async transaction manager; cancellation |
 //! | `async_hook.rs` | async hook kinds; awaiting hooks; hooks left due by a dropped future |
 //! | `async_register.rs`, `async_testing.rs` | registration, test transactions and capture on the async wrapper |
+//! | `async_atomic.rs` | what `#[atomic]` on an `async fn` calls: the guards for any diesel-async connection |
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations)]

@@ -301,6 +301,9 @@ impl<C: Connection> HookedConnection<C> {
     }
 }
 
+// Not listed under a misuse's error: its notes say what to write, the
+// same with and without the `async` feature.
+#[diagnostic::do_not_recommend]
 impl<C: Connection> TransactionHooks for HookedConnection<C> {
     #[track_caller]
     fn on_commit<F, R>(&mut self, f: F)

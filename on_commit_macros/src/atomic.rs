@@ -1,5 +1,6 @@
 //! `#[atomic]`: parse the options, validate the function into a [`Plan`],
-//! emit the function with its body moved into `__private::atomic`.
+//! emit the function with its body moved into `__private::atomic` (or
+//! `atomic_with`, `atomic_with_retry`, and `atomic_async` for an `async fn`).
 
 use proc_macro2::{Span, TokenStream};
 use quote::{quote, quote_spanned, ToTokens};
@@ -22,6 +23,8 @@ struct Options {
     krate: Option<Path>,
     /// `isolation = level`: the level's name as written, checked.
     isolation: Option<Ident>,
+    /// The `isolation` of `isolation = level`, for errors about the option.
+    isolation_name: Option<Ident>,
     /// `read_only`.
     read_only: Option<Ident>,
     /// `deferrable`.
@@ -82,6 +85,8 @@ struct Plan {
     conn_span: Span,
     ret: Type,
     options: TxOptions,
+    /// An `async fn`: the body runs in `__private::atomic_async`.
+    is_async: bool,
 }
 
 /// Entry point: `args` are the tokens inside `#[atomic(..)]`.
@@ -254,6 +259,7 @@ fn parse_options(args: TokenStream) -> syn::Result<Options> {
                     ));
                 }
                 options.isolation = Some(level);
+                options.isolation_name = meta.path.get_ident().cloned();
             }
             "read_only" | "deferrable" | "immediate" => {
                 let slot = match name.as_str() {
@@ -315,14 +321,6 @@ fn parse_options(args: TokenStream) -> syn::Result<Options> {
 
 fn validate(options: Options, func: &ItemFn) -> syn::Result<Plan> {
     let sig = &func.sig;
-    if let Some(asyncness) = &sig.asyncness {
-        return Err(syn::Error::new_spanned(
-            asyncness,
-            "`#[atomic]` on an `async fn` comes with diesel-async support \
-             (`AsyncHookedConnection`); until then, use a sync `fn` (with a sync connection, \
-             e.g. inside `spawn_blocking`)",
-        ));
-    }
     if let Some(constness) = &sig.constness {
         return Err(syn::Error::new_spanned(
             constness,
@@ -334,6 +332,10 @@ fn validate(options: Options, func: &ItemFn) -> syn::Result<Plan> {
             variadic,
             "`#[atomic]` cannot go on a variadic function",
         ));
+    }
+    let is_async = sig.asyncness.is_some();
+    if is_async {
+        refuse_options_on_async_fn(&options)?;
     }
     let ret = match &sig.output {
         ReturnType::Default => {
@@ -372,7 +374,69 @@ fn validate(options: Options, func: &ItemFn) -> syn::Result<Plan> {
         conn_span,
         ret,
         options: tx_options,
+        is_async,
     })
+}
+
+/// The transaction options and `retry` need the sync runtime (the
+/// wrapper's builders and retry loop): on an `async fn`, each is an error
+/// on the option that says what to write instead.
+fn refuse_options_on_async_fn(options: &Options) -> syn::Result<()> {
+    let not_yet = |option: TokenStream, written: String, instead: &str| {
+        Err(syn::Error::new_spanned(
+            option,
+            format!(
+                "`#[atomic({written})]` is not supported on an `async fn` yet: remove it and \
+                 {instead}, or make the function a sync `fn`"
+            ),
+        ))
+    };
+    let builder = |methods: &str| {
+        format!(
+            "open the transaction with diesel-async's builder on a plain `AsyncPgConnection`, \
+             `conn.build_transaction(){methods}.run(async |conn| ..).await`"
+        )
+    };
+    if let Some(level) = &options.isolation {
+        let name = options.isolation_name.as_ref().unwrap_or(level);
+        return not_yet(
+            quote!(#name = #level),
+            format!("isolation = {level}"),
+            &builder(&format!(".{level}()")),
+        );
+    }
+    if let Some(read_only) = &options.read_only {
+        return not_yet(
+            read_only.to_token_stream(),
+            "read_only".into(),
+            &builder(".read_only()"),
+        );
+    }
+    if let Some(deferrable) = &options.deferrable {
+        return not_yet(
+            deferrable.to_token_stream(),
+            "deferrable".into(),
+            &builder(".serializable().read_only().deferrable()"),
+        );
+    }
+    if let Some(immediate) = &options.immediate {
+        return not_yet(
+            immediate.to_token_stream(),
+            "immediate".into(),
+            "open the transaction with diesel-async's \
+             `conn.immediate_transaction(async |conn| ..).await` on a plain \
+             `SyncConnectionWrapper<SqliteConnection>`",
+        );
+    }
+    if let Some((retry, value)) = &options.retry {
+        return not_yet(
+            quote!(#retry = #value),
+            "retry = ..".into(),
+            "call the function again while its error is retryable \
+             (`diesel_on_commit::is_retryable(&e)`)",
+        );
+    }
+    Ok(())
 }
 
 /// The transaction options, checked for combinations that cannot work on
@@ -591,6 +655,7 @@ fn emit(plan: Plan, mut func: ItemFn) -> TokenStream {
         conn_span,
         ret,
         options,
+        is_async,
     } = plan;
 
     // For a `fn`, `#![attr]` in the body means `#[attr]` on it; the body
@@ -636,12 +701,20 @@ fn emit(plan: Plan, mut func: ItemFn) -> TokenStream {
         sig,
         block,
     } = func;
-    let body = quote!(move |#closure_param| -> #ret #block);
-    let call = if options.is_empty() {
+    let call = if is_async {
+        // `async fn`: options other than `conn`, `durable` and `crate`
+        // were refused in `validate`.
+        let body = quote!(async move |#closure_param| -> #ret #block);
+        let atomic_fn =
+            quote_spanned!(ret_span=> #krate::__private::atomic_async::<#conn_ty, #ret, _, _>);
+        quote!(#atomic_fn(#conn_arg, #durable, #body).await)
+    } else if options.is_empty() {
+        let body = quote!(move |#closure_param| -> #ret #block);
         let atomic_fn =
             quote_spanned!(ret_span=> #krate::__private::atomic::<#conn_ty, #ret, _, _>);
         quote!(#atomic_fn(#conn_arg, #durable, #body))
     } else {
+        let body = quote!(move |#closure_param| -> #ret #block);
         emit_with_options(&krate, &options, &conn_ty, &ret, conn_arg, &durable, body)
     };
     quote! {

@@ -1,0 +1,817 @@
+//! `#[atomic]` on `async fn`, on diesel-async's
+//! `SyncConnectionWrapper<SqliteConnection>`: commit, rollback, `?` and
+//! `return`, nesting as savepoints, `durable`, panics, the kept signature
+//! (generics, `self`, `impl Trait`, lifetimes, options), `Send` futures, a
+//! future dropped mid-transaction, and hooks on an `AsyncHookedConnection`.
+#![cfg(all(feature = "async", feature = "sqlite"))]
+
+mod common;
+
+use std::future::Future;
+use std::panic::{self, AssertUnwindSafe};
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use common::async_conn::{async_sqlite, AsyncSqlite};
+use common::{capture_logs, panic_text, unique, Log};
+use diesel::result::{DatabaseErrorKind, Error, QueryResult};
+use diesel::sqlite::{Sqlite, SqliteConnection};
+use diesel::{ExpressionMethods, QueryDsl};
+use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection, TransactionManager};
+use diesel_on_commit::{atomic, on_commit, AsyncHookedConnection};
+
+type Conn = SyncConnectionWrapper<SqliteConnection>;
+type Manager = <Conn as AsyncConnection>::TransactionManager;
+
+diesel::table! {
+    orders (id) {
+        id -> Integer,
+        customer -> Text,
+    }
+}
+
+const SCHEMA: &str = "CREATE TABLE orders (id INTEGER PRIMARY KEY, customer TEXT NOT NULL)";
+
+async fn db() -> Conn {
+    let mut conn = Conn::establish(":memory:").await.unwrap();
+    conn.batch_execute(SCHEMA).await.unwrap();
+    conn
+}
+
+async fn order_ids<C: AsyncConnection<Backend = Sqlite>>(conn: &mut C) -> Vec<i32> {
+    orders::table
+        .select(orders::id)
+        .order(orders::id)
+        .load(conn)
+        .await
+        .unwrap()
+}
+
+/// Diesel's transaction depth (a test transaction included).
+fn depth<C: AsyncConnection>(conn: &mut C) -> u32 {
+    C::TransactionManager::transaction_manager_status_mut(conn)
+        .transaction_depth()
+        .expect("transaction manager in error")
+        .map_or(0, |d| d.get())
+}
+
+async fn insert(conn: &mut Conn, id: i32) -> QueryResult<usize> {
+    diesel::insert_into(orders::table)
+        .values((orders::id.eq(id), orders::customer.eq("ada")))
+        .execute(conn)
+        .await
+}
+
+/// Awaits `f`, catching a panic out of it: `Err(message)`.
+async fn catch_panic<F: Future>(f: F) -> Result<F::Output, String> {
+    let mut f = pin!(f);
+    std::future::poll_fn(
+        |cx| match panic::catch_unwind(AssertUnwindSafe(|| f.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Err(payload) => Poll::Ready(Err(panic_text(&*payload))),
+        },
+    )
+    .await
+}
+
+/// Polls `future` once.
+async fn poll_once<F: Future>(future: &mut Pin<&mut F>) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await
+}
+
+/// An application error, as services have: Diesel's errors convert into it.
+#[derive(Debug, PartialEq)]
+enum ShopError {
+    Db(Error),
+    EmptyCart,
+}
+
+impl From<Error> for ShopError {
+    fn from(e: Error) -> Self {
+        ShopError::Db(e)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Commit, rollback, `?`, `return`
+
+/// Inserts order `id`; `total <= 0` fails after the INSERT.
+#[atomic]
+async fn create_order(conn: &mut Conn, id: i32, total: i32) -> Result<i32, ShopError> {
+    assert_eq!(depth(conn), 1, "the body runs inside the transaction");
+    insert(conn, id).await?;
+    if total <= 0 {
+        // After the INSERT: it must be undone.
+        return Err(ShopError::EmptyCart);
+    }
+    Ok(id)
+}
+
+#[tokio::test]
+async fn ok_commits() {
+    let mut conn = db().await;
+    assert_eq!(create_order(&mut conn, 1, 30).await, Ok(1));
+    assert_eq!(depth(&mut conn), 0);
+    assert_eq!(order_ids(&mut conn).await, [1]);
+}
+
+#[tokio::test]
+async fn err_from_return_rolls_back() {
+    let mut conn = db().await;
+    assert_eq!(
+        create_order(&mut conn, 1, 0).await,
+        Err(ShopError::EmptyCart)
+    );
+    assert_eq!(depth(&mut conn), 0);
+    assert!(order_ids(&mut conn).await.is_empty());
+}
+
+#[atomic]
+async fn two_orders(conn: &mut Conn, first: i32, second: i32) -> QueryResult<()> {
+    insert(conn, first).await?;
+    insert(conn, second).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn question_mark_returns_the_error_and_rolls_back() {
+    let mut conn = db().await;
+    let err = two_orders(&mut conn, 1, 1).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _)
+        ),
+        "{err:?}"
+    );
+    // The first INSERT, before the `?`, is rolled back too.
+    assert!(order_ids(&mut conn).await.is_empty());
+    assert_eq!(depth(&mut conn), 0);
+    two_orders(&mut conn, 1, 2).await.unwrap();
+    assert_eq!(order_ids(&mut conn).await, [1, 2]);
+}
+
+/// `return` of an `Ok` value early.
+#[atomic]
+async fn early_return(conn: &mut Conn, id: i32) -> QueryResult<&'static str> {
+    insert(conn, id).await?;
+    if id % 2 == 0 {
+        return Ok("even");
+    }
+    Ok("odd")
+}
+
+#[tokio::test]
+async fn return_ok_early_commits() {
+    let mut conn = db().await;
+    assert_eq!(early_return(&mut conn, 2).await, Ok("even"));
+    assert_eq!(early_return(&mut conn, 3).await, Ok("odd"));
+    assert_eq!(order_ids(&mut conn).await, [2, 3]);
+}
+
+/// Inserts a child whose parent does not exist: the deferred foreign key
+/// fails at COMMIT.
+#[atomic]
+async fn orphan_child(conn: &mut Conn, id: i32, parent: i32) -> QueryResult<()> {
+    conn.batch_execute(&format!(
+        "INSERT INTO child (id, parent_id) VALUES ({id}, {parent})"
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn failed_commit_returns_the_error_and_leaves_nothing() {
+    let mut conn = Conn::establish(":memory:").await.unwrap();
+    conn.batch_execute(
+        "PRAGMA foreign_keys = ON;
+         CREATE TABLE parent (id INTEGER PRIMARY KEY);
+         CREATE TABLE child (id INTEGER PRIMARY KEY,
+             parent_id INTEGER NOT NULL REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED);
+         INSERT INTO parent (id) VALUES (1);",
+    )
+    .await
+    .unwrap();
+    let failed = orphan_child(&mut conn, 1, 42).await;
+    assert!(
+        matches!(
+            failed,
+            Err(Error::DatabaseError(
+                DatabaseErrorKind::ForeignKeyViolation,
+                _
+            ))
+        ),
+        "{failed:?}"
+    );
+    assert_eq!(depth(&mut conn), 0);
+    // The connection is usable, the next transaction is an outermost one,
+    // and the failed child is gone.
+    orphan_child(&mut conn, 2, 1).await.unwrap();
+    let children: Vec<i32> = diesel::sql_query("SELECT id FROM child ORDER BY id")
+        .load::<ChildId>(&mut conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(children, [2]);
+}
+
+#[derive(diesel::QueryableByName)]
+struct ChildId {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    id: i32,
+}
+
+// ---------------------------------------------------------------------------
+// Nesting
+
+#[atomic]
+async fn inner_order(conn: &mut Conn, id: i32, fail: bool) -> QueryResult<u32> {
+    insert(conn, id).await?;
+    let depth = depth(conn);
+    if fail {
+        return Err(Error::RollbackTransaction);
+    }
+    Ok(depth)
+}
+
+#[atomic]
+async fn outer_order(conn: &mut Conn) -> QueryResult<Vec<u32>> {
+    insert(conn, 1).await?;
+    let failed = inner_order(conn, 2, true).await;
+    assert_eq!(failed, Err(Error::RollbackTransaction));
+    // The savepoint is gone; the outer transaction goes on.
+    assert_eq!(depth(conn), 1);
+    let depth = inner_order(conn, 3, false).await?;
+    Ok(vec![depth])
+}
+
+#[tokio::test]
+async fn nested_call_is_a_savepoint() {
+    let mut conn = db().await;
+    assert_eq!(outer_order(&mut conn).await, Ok(vec![2]));
+    assert_eq!(depth(&mut conn), 0);
+    // The inner Err rolled back its savepoint only; the outer committed.
+    assert_eq!(order_ids(&mut conn).await, [1, 3]);
+}
+
+#[atomic]
+async fn outer_that_fails(conn: &mut Conn) -> QueryResult<()> {
+    assert_eq!(inner_order(conn, 1, false).await, Ok(2));
+    Err(Error::RollbackTransaction)
+}
+
+#[tokio::test]
+async fn released_savepoint_is_rolled_back_with_its_outer_transaction() {
+    let mut conn = db().await;
+    assert_eq!(
+        outer_that_fails(&mut conn).await,
+        Err(Error::RollbackTransaction)
+    );
+    assert!(order_ids(&mut conn).await.is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// durable
+
+/// Counts its runs in `runs`.
+#[atomic(durable)]
+async fn durable_order(conn: &mut Conn, runs: &AtomicUsize, id: i32) -> QueryResult<()> {
+    let _ = runs.fetch_add(1, Ordering::SeqCst);
+    insert(conn, id).await?;
+    Ok(())
+}
+
+#[atomic]
+async fn calls_durable(conn: &mut Conn, runs: &AtomicUsize) -> QueryResult<()> {
+    insert(conn, 1).await?;
+    assert_eq!(
+        durable_order(conn, runs, 2).await,
+        Err(Error::AlreadyInTransaction)
+    );
+    assert_eq!(depth(conn), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn durable_inside_a_transaction_is_refused_without_running_the_body() {
+    let mut conn = db().await;
+    let runs = AtomicUsize::new(0);
+    calls_durable(&mut conn, &runs).await.unwrap();
+    assert_eq!(
+        AtomicUsize::load(&runs, Ordering::SeqCst),
+        0,
+        "the body must not run"
+    );
+    assert_eq!(order_ids(&mut conn).await, [1]);
+    // At the top, it runs.
+    durable_order(&mut conn, &runs, 3).await.unwrap();
+    assert_eq!(AtomicUsize::load(&runs, Ordering::SeqCst), 1);
+    assert_eq!(order_ids(&mut conn).await, [1, 3]);
+}
+
+#[tokio::test]
+async fn durable_inside_a_test_transaction_runs() {
+    let mut conn = db().await;
+    conn.begin_test_transaction().await.unwrap();
+    let runs = AtomicUsize::new(0);
+    durable_order(&mut conn, &runs, 1).await.unwrap();
+    assert_eq!(AtomicUsize::load(&runs, Ordering::SeqCst), 1);
+    assert_eq!(depth(&mut conn), 1, "back to the test transaction");
+    assert_eq!(order_ids(&mut conn).await, [1]);
+}
+
+// ---------------------------------------------------------------------------
+// Panics
+
+#[atomic]
+async fn panics_after_insert(conn: &mut Conn, id: i32) -> QueryResult<()> {
+    insert(conn, id).await?;
+    tokio::task::yield_now().await;
+    panic!("boom in order {id}");
+}
+
+#[atomic]
+async fn outermost_depth(conn: &mut Conn, id: i32) -> QueryResult<u32> {
+    insert(conn, id).await?;
+    Ok(depth(conn))
+}
+
+#[tokio::test]
+async fn panic_rolls_back_is_resumed_and_the_connection_stays_usable() {
+    let mut conn = db().await;
+    let message = catch_panic(panics_after_insert(&mut conn, 1))
+        .await
+        .unwrap_err();
+    assert_eq!(message, "boom in order 1");
+    assert_eq!(depth(&mut conn), 0);
+    assert!(!Manager::is_broken_transaction_manager(&mut conn));
+    assert!(order_ids(&mut conn).await.is_empty());
+    // The next transaction is a real outermost one (not a savepoint of a
+    // leftover transaction), and it commits.
+    assert_eq!(outermost_depth(&mut conn, 2).await, Ok(1));
+    assert_eq!(order_ids(&mut conn).await, [2]);
+}
+
+#[atomic]
+async fn outer_catches_inner_panic(conn: &mut Conn) -> QueryResult<()> {
+    insert(conn, 1).await?;
+    let message = catch_panic(panics_after_insert(conn, 2)).await.unwrap_err();
+    assert_eq!(message, "boom in order 2");
+    assert_eq!(depth(conn), 1, "only the savepoint was rolled back");
+    insert(conn, 3).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn panic_in_a_nested_call_rolls_back_its_savepoint_only() {
+    let mut conn = db().await;
+    outer_catches_inner_panic(&mut conn).await.unwrap();
+    assert_eq!(order_ids(&mut conn).await, [1, 3]);
+}
+
+// ---------------------------------------------------------------------------
+// The signature is kept: generics, `impl Trait`, lifetimes, `self`,
+// attributes, options
+
+/// Generic over the connection, with an `impl Trait` argument.
+#[atomic]
+async fn generic_sum<C>(conn: &mut C, items: impl IntoIterator<Item = i32>) -> QueryResult<i32>
+where
+    C: AsyncConnection<Backend = Sqlite>,
+{
+    let mut sum = 0;
+    for id in items {
+        diesel::insert_into(orders::table)
+            .values((orders::id.eq(id), orders::customer.eq("gen")))
+            .execute(conn)
+            .await?;
+        sum += id;
+    }
+    Ok(sum)
+}
+
+#[atomic]
+async fn borrowed<'a>(conn: &mut Conn, name: &'a str) -> QueryResult<&'a str> {
+    insert(conn, name.len() as i32).await?;
+    Ok(name)
+}
+
+/// The connection named by `conn = ..`, with another `&mut` parameter, and
+/// the facade named by `crate = ..`.
+#[atomic(conn = db, crate = diesel_on_commit)]
+async fn named(values: &mut Vec<i32>, db: &mut Conn) -> QueryResult<usize> {
+    values.push(depth(db) as i32);
+    insert(db, 7).await?;
+    Ok(values.len())
+}
+
+/// An owned `mut` connection, seen as `&mut Conn` by the body.
+#[atomic]
+async fn owned(mut conn: Conn) -> QueryResult<Vec<i32>> {
+    insert(conn, 1).await?;
+    Ok(order_ids(conn).await)
+}
+
+/// `mut conn: &mut Conn`: the body may re-bind it.
+#[atomic]
+async fn rebound(mut conn: &mut Conn) -> QueryResult<()> {
+    conn = {
+        let again: &mut Conn = conn;
+        again
+    };
+    insert(conn, 9).await?;
+    Ok(())
+}
+
+struct Service {
+    calls: u32,
+}
+
+impl Service {
+    /// A `&mut self` method; its attributes are kept.
+    #[inline]
+    #[atomic]
+    async fn call(&mut self, conn: &mut Conn, fail: bool) -> QueryResult<u32> {
+        self.calls += 1;
+        insert(conn, 100 + self.calls as i32).await?;
+        if fail {
+            return Err(Error::RollbackTransaction);
+        }
+        Ok(self.calls)
+    }
+}
+
+trait Repository {
+    async fn store(&self, conn: &mut Conn, id: i32) -> QueryResult<i32>;
+}
+
+struct Orders;
+
+impl Repository for Orders {
+    #[atomic]
+    async fn store(&self, conn: &mut Conn, id: i32) -> QueryResult<i32> {
+        insert(conn, id).await?;
+        Ok(id)
+    }
+}
+
+#[tokio::test]
+async fn signatures_are_kept() {
+    let mut conn = db().await;
+    assert_eq!(generic_sum(&mut conn, [1, 2]).await, Ok(3));
+    assert!(generic_sum(&mut conn, [3, 3]).await.is_err());
+    assert_eq!(order_ids(&mut conn).await, [1, 2]);
+
+    assert_eq!(borrowed(&mut conn, "abcde").await, Ok("abcde"));
+
+    let mut values = Vec::new();
+    assert_eq!(named(&mut values, &mut conn).await, Ok(1));
+    assert_eq!(values, [1], "the body ran at depth 1");
+
+    rebound(&mut conn).await.unwrap();
+
+    let mut service = Service { calls: 0 };
+    assert_eq!(service.call(&mut conn, false).await, Ok(1));
+    assert_eq!(
+        service.call(&mut conn, true).await,
+        Err(Error::RollbackTransaction)
+    );
+    assert_eq!(service.calls, 2);
+
+    assert_eq!(Orders.store(&mut conn, 50).await, Ok(50));
+    assert_eq!(order_ids(&mut conn).await, [1, 2, 5, 7, 9, 50, 101]);
+
+    let fresh = db().await;
+    assert_eq!(owned(fresh).await, Ok(vec![1]));
+}
+
+// ---------------------------------------------------------------------------
+// Send
+
+fn assert_send<T: Send>(_: &T) {}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn futures_are_send_when_the_body_is() {
+    let mut conn = db().await;
+    {
+        let future = create_order(&mut conn, 1, 1);
+        assert_send(&future);
+        assert_eq!(future.await, Ok(1));
+    }
+    let future = outer_order(&mut conn);
+    assert_send(&future);
+    drop(future);
+    // As an axum handler would: on a spawned task, across threads.
+    let mut conn = db().await;
+    let (conn, result) = tokio::spawn(async move {
+        let result = outer_order(&mut conn).await;
+        (conn, result)
+    })
+    .await
+    .unwrap();
+    assert_eq!(result, Ok(vec![2]));
+    let mut conn = conn;
+    assert_eq!(order_ids(&mut conn).await, [1, 3]);
+}
+
+// ---------------------------------------------------------------------------
+// A future dropped mid-transaction
+
+/// Inserts, then waits for `release` (never signalled in the tests).
+#[atomic]
+async fn insert_then_wait(
+    conn: &mut Conn,
+    id: i32,
+    release: Arc<tokio::sync::Notify>,
+) -> QueryResult<()> {
+    insert(conn, id).await?;
+    release.notified().await;
+    Ok(())
+}
+
+/// A database file, so that a second connection can look at what the
+/// first one committed.
+struct TempDb(std::path::PathBuf);
+
+impl TempDb {
+    fn new() -> Self {
+        let path = std::env::temp_dir().join(format!("{}.sqlite", unique("macros_async")));
+        Self(path)
+    }
+
+    fn url(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn dropped_future_leaves_the_work_uncommitted_and_the_connection_broken() {
+    let file = TempDb::new();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let (mut conn, logs) = capture_logs(|| {
+        runtime.block_on(async {
+            let mut conn = Conn::establish(file.url()).await.unwrap();
+            conn.batch_execute(SCHEMA).await.unwrap();
+            let release = Arc::new(tokio::sync::Notify::new());
+            let timed_out = tokio::time::timeout(
+                Duration::from_millis(100),
+                insert_then_wait(&mut conn, 1, release.clone()),
+            )
+            .await;
+            assert!(timed_out.is_err(), "the body waits forever");
+            conn
+        })
+    });
+    assert!(
+        logs.contains("ERROR") && logs.contains("dropped inside its transaction"),
+        "{logs}"
+    );
+    runtime.block_on(async {
+        assert!(Manager::is_broken_transaction_manager(&mut conn));
+        // Diesel refuses further transactions on it.
+        let next = outermost_depth(&mut conn, 2).await;
+        assert!(
+            matches!(next, Err(Error::BrokenTransactionManager)),
+            "{next:?}"
+        );
+        // Nothing was committed: another connection sees no row.
+        let mut other = Conn::establish(file.url()).await.unwrap();
+        assert!(order_ids(&mut other).await.is_empty());
+    });
+}
+
+#[tokio::test]
+async fn dropped_future_inside_a_test_transaction_breaks_the_connection_too() {
+    let mut conn = db().await;
+    conn.begin_test_transaction().await.unwrap();
+    // Without the guard, diesel-async would call this connection healthy: a
+    // test transaction is open, and nothing else shows the dangling level.
+    let release = Arc::new(tokio::sync::Notify::new());
+    {
+        let mut future = pin!(insert_then_wait(&mut conn, 1, release));
+        // BEGIN (a savepoint) and the INSERT run, then the body waits.
+        for _ in 0..50 {
+            assert!(poll_once(&mut future).await.is_pending());
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    } // dropped here
+    assert!(Manager::is_broken_transaction_manager(&mut conn));
+}
+
+#[tokio::test]
+async fn future_dropped_before_its_first_poll_changes_nothing() {
+    let mut conn = db().await;
+    let release = Arc::new(tokio::sync::Notify::new());
+    drop(insert_then_wait(&mut conn, 1, release));
+    assert!(!Manager::is_broken_transaction_manager(&mut conn));
+    assert_eq!(outermost_depth(&mut conn, 2).await, Ok(1));
+    assert_eq!(order_ids(&mut conn).await, [2]);
+}
+
+#[atomic]
+async fn slow_query(conn: &mut Conn) -> QueryResult<()> {
+    insert(conn, 1).await?;
+    // A second or so of work on SQLite's blocking thread.
+    conn.batch_execute(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000000) \
+         SELECT count(*) FROM n",
+    )
+    .await
+}
+
+// `SyncConnectionWrapper` waits for its blocking task when a query's future
+// is dropped, with `block_in_place`: a multi-threaded runtime is needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn future_dropped_while_a_query_is_in_flight_marks_the_connection_broken() {
+    let mut conn = db().await;
+    let started = std::time::Instant::now();
+    let timed_out = tokio::time::timeout(Duration::from_millis(20), slow_query(&mut conn)).await;
+    assert!(
+        timed_out.is_err(),
+        "the query finished in {:?}: make it slower",
+        started.elapsed()
+    );
+    assert!(Manager::is_broken_transaction_manager(&mut conn));
+    let next = outermost_depth(&mut conn, 2).await;
+    assert!(
+        matches!(next, Err(Error::BrokenTransactionManager)),
+        "{next:?}"
+    );
+}
+
+/// Inserts, sets `waiting`, waits for `release`, and returns `Ok`.
+#[atomic]
+async fn insert_wait_commit(
+    conn: &mut Conn,
+    id: i32,
+    waiting: Arc<AtomicBool>,
+    release: Arc<tokio::sync::Notify>,
+) -> QueryResult<()> {
+    insert(conn, id).await?;
+    waiting.store(true, Ordering::SeqCst);
+    release.notified().await;
+    Ok(())
+}
+
+// `SyncConnectionWrapper` waits for its blocking task (here the COMMIT)
+// when its future is dropped: the transaction manager then knows the
+// outcome, and the connection is not marked broken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn future_dropped_while_a_commit_finishes_leaves_the_connection_healthy() {
+    let file = TempDb::new();
+    let mut conn = Conn::establish(file.url()).await.unwrap();
+    conn.batch_execute(SCHEMA).await.unwrap();
+    let waiting = Arc::new(AtomicBool::new(false));
+    let release = Arc::new(tokio::sync::Notify::new());
+    {
+        let mut future = pin!(insert_wait_commit(
+            &mut conn,
+            1,
+            waiting.clone(),
+            release.clone()
+        ));
+        while !AtomicBool::load(&waiting, Ordering::SeqCst) {
+            assert!(poll_once(&mut future).await.is_pending());
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        release.notify_one();
+        // The body returns `Ok`; COMMIT goes to SQLite's blocking thread.
+        assert!(
+            poll_once(&mut future).await.is_pending(),
+            "COMMIT to a database file was expected to take longer than one poll"
+        );
+    } // dropped: the wrapper waits for the COMMIT to finish
+    assert!(!Manager::is_broken_transaction_manager(&mut conn));
+    assert_eq!(depth(&mut conn), 0);
+    let mut other = Conn::establish(file.url()).await.unwrap();
+    assert_eq!(order_ids(&mut other).await, [1]);
+    assert_eq!(outermost_depth(&mut conn, 2).await, Ok(1));
+}
+
+// ---------------------------------------------------------------------------
+// Hooks on an `AsyncHookedConnection`
+
+type DbConn = AsyncHookedConnection<AsyncSqlite>;
+
+async fn hooked_db() -> DbConn {
+    let mut conn = async_sqlite().await;
+    conn.batch_execute(SCHEMA).await.unwrap();
+    conn
+}
+
+/// Inserts `id` and registers hooks that write to `log`; fails when asked.
+#[atomic]
+async fn hooked_order(conn: &mut DbConn, log: &Log, id: i32, fail: bool) -> QueryResult<()> {
+    diesel::insert_into(orders::table)
+        .values((orders::id.eq(id), orders::customer.eq("ada")))
+        .execute(conn)
+        .await?;
+    let committed = log.clone();
+    on_commit!(conn, committed.push(format!("committed {id}")));
+    conn.on_rollback(log.hook("rolled back"));
+    if fail {
+        return Err(Error::RollbackTransaction);
+    }
+    Ok(())
+}
+
+#[atomic]
+async fn hooked_outer(conn: &mut DbConn, log: &Log) -> QueryResult<()> {
+    hooked_order(conn, log, 3, false).await?;
+    assert_eq!(
+        hooked_order(conn, log, 4, true).await,
+        Err(Error::RollbackTransaction)
+    );
+    assert!(log.get().iter().all(|l| !l.starts_with("committed")));
+    Ok(())
+}
+
+#[tokio::test]
+async fn on_commit_hooks_run_after_the_outermost_commit_only() {
+    let mut conn = hooked_db().await;
+    let log = Log::new();
+    hooked_order(&mut conn, &log, 1, false).await.unwrap();
+    assert_eq!(log.take(), ["committed 1"]);
+    assert_eq!(
+        hooked_order(&mut conn, &log, 2, true).await,
+        Err(Error::RollbackTransaction)
+    );
+    assert_eq!(log.take(), ["rolled back"]);
+    // Nested: the inner savepoint that failed drops its own hook only.
+    hooked_outer(&mut conn, &log).await.unwrap();
+    assert_eq!(log.take(), ["rolled back", "committed 3"]);
+    assert_eq!(order_ids(&mut conn).await, [1, 3]);
+}
+
+#[atomic]
+async fn hooked_panic(conn: &mut DbConn, log: &Log) -> QueryResult<()> {
+    hooked_order(conn, log, 1, false).await?;
+    panic!("boom after a hook");
+}
+
+#[tokio::test]
+async fn panic_discards_the_hooks_and_runs_on_rollback() {
+    let mut conn = hooked_db().await;
+    let log = Log::new();
+    let message = catch_panic(hooked_panic(&mut conn, &log))
+        .await
+        .unwrap_err();
+    assert_eq!(message, "boom after a hook");
+    assert_eq!(log.take(), ["rolled back"]);
+    assert!(!conn.in_transaction());
+    assert!(order_ids(&mut conn).await.is_empty());
+    hooked_order(&mut conn, &log, 2, false).await.unwrap();
+    assert_eq!(log.take(), ["committed 2"]);
+}
+
+#[atomic]
+async fn hooked_then_wait(
+    conn: &mut DbConn,
+    log: &Log,
+    release: Arc<tokio::sync::Notify>,
+) -> QueryResult<()> {
+    hooked_order(conn, log, 1, false).await?;
+    release.notified().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn dropped_future_never_runs_its_on_commit_hooks() {
+    let mut conn = hooked_db().await;
+    let log = Log::new();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let timed_out = tokio::time::timeout(
+        Duration::from_millis(50),
+        hooked_then_wait(&mut conn, &log, release),
+    )
+    .await;
+    assert!(timed_out.is_err());
+    assert!(
+        <DbConn as AsyncConnection>::TransactionManager::is_broken_transaction_manager(&mut conn)
+    );
+    let next = hooked_order(&mut conn, &log, 2, false).await;
+    assert!(
+        matches!(next, Err(Error::BrokenTransactionManager)),
+        "{next:?}"
+    );
+    assert!(
+        log.get().iter().all(|l| !l.starts_with("committed")),
+        "{:?}",
+        log.get()
+    );
+}
