@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use diesel::connection::{CacheSize, Instrumentation};
 use diesel::query_builder::{AsQuery, QueryFragment, QueryId};
 use diesel::result::{ConnectionResult, Error, QueryResult};
-use diesel_async::pooled_connection::PoolableConnection;
+use diesel_async::pooled_connection::{PoolableConnection, RecyclingMethod};
 use diesel_async::{
     AsyncConnection, AsyncConnectionCore, SimpleAsyncConnection, TransactionManager,
 };
@@ -76,9 +76,11 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     /// before wrapping is not the wrapper's and registering a hook in it
     /// panics (SPEC rule 8).
     pub fn new(inner: C) -> Self {
+        let mut state = HookState::new();
+        state.errors_abort = std::any::type_name::<C::Backend>() == "diesel::pg::backend::Pg";
         Self {
             inner,
-            state: HookState::new(),
+            state,
             live: 0,
             hook_runs: 0,
             orphans: Vec::new(),
@@ -254,6 +256,8 @@ impl<C: AsyncConnection> AsyncConnection for AsyncHookedConnection<C> {
 
     /// The wrapper's [`test_transaction`](AsyncHookedConnection::test_transaction):
     /// the test transaction is the baseline (rule 11).
+    // Not an `async fn`: the trait's lifetimes are spelled out.
+    #[allow(clippy::manual_async_fn)]
     fn test_transaction<'conn, 'a, R, E, F>(
         &'conn mut self,
         f: F,
@@ -290,7 +294,45 @@ impl<C: AsyncConnection> AsyncConnection for AsyncHookedConnection<C> {
     }
 }
 
-impl<C: PoolableConnection> PoolableConnection for AsyncHookedConnection<C> {
+impl<C: PoolableConnection + 'static> PoolableConnection for AsyncHookedConnection<C> {
+    /// A broken connection (see [`is_broken`](Self::is_broken)) fails the
+    /// check; otherwise as diesel-async's default. (diesel-async 0.9's mobc
+    /// manager keeps connections its `is_broken` calls broken: this check
+    /// is what drops them there.)
+    fn ping(
+        &mut self,
+        config: &RecyclingMethod<Self>,
+    ) -> impl Future<Output = QueryResult<()>> + Send
+    where
+        for<'a> Self: 'a,
+        for<'a> diesel::dsl::select<diesel::dsl::AsExprOf<i32, diesel::sql_types::Integer>>:
+            diesel_async::methods::LoadQuery<'a, Self, i32>,
+        diesel::query_builder::SqlQuery: diesel_async::methods::ExecuteDsl<Self>,
+    {
+        use diesel::IntoSql;
+        use diesel_async::RunQueryDsl;
+
+        async move {
+            if self.is_broken() {
+                return Err(Error::BrokenTransactionManager);
+            }
+            match config {
+                RecyclingMethod::Fast => Ok(()),
+                RecyclingMethod::Verified => {
+                    diesel::select(1_i32.into_sql::<diesel::sql_types::Integer>())
+                        .get_result::<i32>(self)
+                        .await
+                        .map(|_| ())
+                }
+                RecyclingMethod::CustomQuery(query) => diesel::sql_query(query.as_ref())
+                    .execute(self)
+                    .await
+                    .map(|_| ()),
+                RecyclingMethod::CustomFunction(check) => check(self).await,
+            }
+        }
+    }
+
     /// Broken when the inner connection is, when the connection was lost,
     /// or when a user transaction is still open (a caller's future was
     /// dropped mid-transaction): a pool then drops it rather than hand its

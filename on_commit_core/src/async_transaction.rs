@@ -235,6 +235,9 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
                 conn.run_due().await;
                 match rolled_back {
                     Ok(()) | Err(Error::BrokenTransactionManager) => Err(user_error),
+                    // The server had rolled everything back (a deadlock):
+                    // its savepoint is gone; the body's error says why.
+                    Err(_) if conn.state.aborted_all() => Err(user_error),
                     Err(rollback_error) => Err(rollback_error.into()),
                 }
             }
@@ -262,6 +265,7 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
         let mut step = InFlight::new(conn, 0, "the future of a BEGIN was dropped while it ran");
         let result = Inner::<C>::begin_transaction(&mut step.conn.inner).await;
         step.armed = false;
+        step.conn.state.observe_step(&result);
         result?;
         step.conn.state.began();
         Ok(())
@@ -335,6 +339,7 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
         let result = Inner::<C>::rollback_transaction(&mut step.conn.inner).await;
         step.armed = false;
         let conn = &mut *step.conn;
+        conn.state.observe_step(&result);
         let status = Inner::<C>::transaction_manager_status_mut(&mut conn.inner);
         conn.state.after_rollback(level, before, status);
         conn.run_due().await;
@@ -394,6 +399,7 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
         let result = Inner::<C>::commit_transaction(&mut step.conn.inner).await;
         step.armed = false;
         let conn = &mut *step.conn;
+        conn.state.observe_step(&result);
         let status = Inner::<C>::transaction_manager_status_mut(&mut conn.inner);
         if conn
             .state
@@ -435,6 +441,8 @@ impl<C: AsyncConnection> TransactionManager<AsyncHookedConnection<C>>
     /// diesel-async's `transaction`, plus the panic guard (rule 7) and the
     /// cancellation rules of [`AsyncHookedConnection`]: what generic code
     /// that calls `AsyncConnection::transaction` gets.
+    // Not an `async fn`: the trait's lifetimes are spelled out.
+    #[allow(clippy::manual_async_fn)]
     fn transaction<'a, 'conn, F, R, E>(
         conn: &'conn mut AsyncHookedConnection<C>,
         callback: F,

@@ -11,7 +11,7 @@
 //! vanished levels do to the queue, and where a new hook goes — is here.
 
 use diesel::connection::{TransactionManagerStatus, ValidTransactionManagerStatus};
-use diesel::result::{DatabaseErrorInformation, DatabaseErrorKind, Error};
+use diesel::result::{DatabaseErrorInformation, DatabaseErrorKind, Error, QueryResult};
 
 use crate::hook::{FirstPanic, HookLabel, HookPanics, OutsideTransaction};
 use crate::queue::{Entry, HookQueue, QueuedHook};
@@ -46,6 +46,12 @@ pub(crate) struct HookState<H: QueuedHook> {
     /// order: the async wrapper awaits them after the step that rolled back.
     /// The sync wrapper runs hooks at once and never uses it.
     pub(crate) due: Vec<Entry<H>>,
+    /// Every failed statement aborts the transaction (PostgreSQL), but the
+    /// inner connection does not say so: diesel-async's `AsyncPgConnection`
+    /// sets Diesel's requires-rollback flag for serialization failures only
+    /// (sync `PgConnection` follows libpq). Then a recorded error is enough
+    /// for rule 5.3.
+    pub(crate) errors_abort: bool,
     /// Async hooks registered at `d == 0` by a running `on_commit`-kind hook
     /// (async wrapper): they run right after it, depth first.
     pub(crate) next: Vec<Entry<H>>,
@@ -179,6 +185,12 @@ fn is_lost_connection(kind: DatabaseErrorKind, message: &str) -> bool {
         // tokio-postgres (diesel-async) after the server ended the session
         || message.contains("connection closed")
         || message.starts_with("terminating connection due to administrator command")
+        // mysql_async (diesel-async) on a killed or dropped connection
+        || message.contains("Broken pipe")
+        || message.contains("Connection reset by peer")
+        || message.contains("unexpected end of file")
+        || message.contains("Connection to the server is closed")
+        || message.contains("Connection was killed")
 }
 
 /// InnoDB's deadlock (1213): the server rolled the whole transaction back.
@@ -201,6 +213,7 @@ impl<H: QueuedHook> HookState<H> {
             lost: false,
             touch: Touch::Unchecked,
             due: Vec::new(),
+            errors_abort: false,
             next: Vec::new(),
         }
     }
@@ -276,6 +289,16 @@ impl<H: QueuedHook> HookState<H> {
         }
     }
 
+    /// BEGIN, COMMIT or ROLLBACK failed: only whether the connection was
+    /// lost matters here (the step's own bookkeeping does the rest).
+    pub(crate) fn observe_step(&mut self, result: &QueryResult<()>) {
+        if let Err(Error::DatabaseError(kind, info)) = result {
+            if is_lost_connection(*kind, info.message()) {
+                self.lost = true;
+            }
+        }
+    }
+
     /// A database error came back through the wrapper.
     pub(crate) fn observe_error(&mut self, error: &Error) {
         self.touch = Touch::Failed;
@@ -316,7 +339,17 @@ impl<H: QueuedHook> HookState<H> {
     /// the transaction: Diesel's requires-rollback flag, or a recorded
     /// InnoDB deadlock Diesel did not flag.
     pub(crate) fn aborted(&self, status: &TransactionManagerStatus) -> bool {
-        requires_rollback(status) || self.abort_cause.as_ref().is_some_and(|c| c.aborts_all)
+        requires_rollback(status)
+            || self
+                .abort_cause
+                .as_ref()
+                .is_some_and(|c| c.aborts_all || self.errors_abort)
+    }
+
+    /// The recorded cause says the server rolled the whole transaction back
+    /// (an InnoDB deadlock): a failing savepoint rollback is then expected.
+    pub(crate) fn aborted_all(&self) -> bool {
+        self.abort_cause.as_ref().is_some_and(|c| c.aborts_all)
     }
 
     /// Rule 5.3: the error to return for a transaction the database had

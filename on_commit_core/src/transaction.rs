@@ -170,7 +170,9 @@ impl<C: Connection> HookedTransactionManager<C> {
     ) -> QueryResult<()> {
         conn.sync();
         conn.state.touched();
-        begin_inner(&mut conn.inner)?;
+        let result = begin_inner(&mut conn.inner);
+        conn.state.observe_step(&result);
+        result?;
         conn.state.began();
         Ok(())
     }
@@ -255,6 +257,7 @@ impl<C: Connection> TransactionManager<HookedConnection<C>> for HookedTransactio
         let before = real_depth(&mut conn.inner).unwrap_or(0);
         conn.state.touched();
         let result = Inner::<C>::rollback_transaction(&mut conn.inner);
+        conn.state.observe_step(&result);
         let status = Inner::<C>::transaction_manager_status_mut(&mut conn.inner);
         conn.state.after_rollback(level, before, status);
         result
@@ -304,6 +307,7 @@ impl<C: Connection> TransactionManager<HookedConnection<C>> for HookedTransactio
         let before = real_depth(&mut conn.inner).unwrap_or(0);
         conn.state.touched();
         let result = Inner::<C>::commit_transaction(&mut conn.inner);
+        conn.state.observe_step(&result);
         let status = Inner::<C>::transaction_manager_status_mut(&mut conn.inner);
         if conn
             .state
