@@ -703,3 +703,29 @@ fn a_hook_panic_caught_before_the_future_was_dropped_is_logged() {
     });
     assert!(logs.contains("first hook bug"), "{logs}");
 }
+
+// on_commit! registers async hooks on the async wrapper: an expression that
+// awaits, an async block, async closures with and without the connection.
+#[tokio::test]
+async fn on_commit_macro_registers_async_hooks() {
+    let mut conn = with_table().await;
+    let log = Log::new();
+    let l = log.clone();
+    conn.transaction::<_, Error, _>(async |conn| {
+        let (a, b, c, d) = (l.clone(), l.clone(), l.clone(), l.clone());
+        on_commit!(conn, later(&a, "awaits").await);
+        on_commit!(conn, async move { b.push("async block") });
+        on_commit!(conn, async move |conn: &mut Conn| c
+            .push(format!("with sees {} row", count(conn).await)));
+        on_commit!(conn, async move || d.push("async closure"));
+        insert(conn, 1).await?;
+        assert!(l.get().is_empty());
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        log.take(),
+        ["awaits", "async block", "with sees 1 row", "async closure"]
+    );
+}

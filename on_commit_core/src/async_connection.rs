@@ -19,8 +19,9 @@ use diesel_async::{
     AsyncConnection, AsyncConnectionCore, SimpleAsyncConnection, TransactionManager,
 };
 
-use crate::async_hook::{AsyncHook, AsyncHookFn, Orphan};
+use crate::async_hook::{AsyncHook, Orphan};
 use crate::async_transaction::AsyncHookedTransactionManager;
+use crate::hook::AsyncHookFn;
 use crate::hook::{HookPanics, OutsideTransaction};
 use crate::state::{HookState, Touch};
 

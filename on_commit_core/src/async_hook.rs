@@ -16,7 +16,7 @@ use diesel::result::QueryResult;
 use diesel_async::AsyncConnection;
 
 use crate::async_connection::AsyncHookedConnection;
-use crate::hook::{self, panic_message, FirstPanic, HookLabel, HookResult, PlainFn};
+use crate::hook::{self, panic_message, AsyncHookFn, FirstPanic, HookLabel, HookResult, PlainFn};
 use crate::queue::{Entry, QueuedHook};
 
 /// A boxed, `Send` future.
@@ -33,25 +33,6 @@ pub(crate) type AsyncBeforeFn<C> = Box<
 >;
 /// A sync closure given the connection (`TransactionHooks::__on_commit_with_labeled`).
 pub(crate) type SyncWithFn<C> = Box<dyn FnOnce(&mut AsyncHookedConnection<C>, &HookLabel) + Send>;
-
-/// An async closure that takes one argument and whose future can be named
-/// (to require it `Send`): what diesel-async's `transaction` asks of its
-/// callback, for hooks that receive the connection. Every `async |conn| ..`
-/// closure implements it.
-pub trait AsyncHookFn<T, R>:
-    AsyncFnOnce(T) -> R + FnOnce(T) -> <Self as AsyncHookFn<T, R>>::Fut
-{
-    /// The future the closure returns.
-    type Fut: Future<Output = R>;
-}
-
-impl<F, T, Fut, R> AsyncHookFn<T, R> for F
-where
-    F: AsyncFnOnce(T) -> R + FnOnce(T) -> Fut,
-    Fut: Future<Output = R>,
-{
-    type Fut = Fut;
-}
 
 /// An `on_commit`-kind hook of the async wrapper.
 pub(crate) enum AsyncCommitHook<C: AsyncConnection> {

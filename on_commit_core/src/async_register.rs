@@ -10,9 +10,9 @@ use diesel::result::QueryResult;
 use diesel_async::AsyncConnection;
 
 use crate::async_connection::AsyncHookedConnection;
-use crate::async_hook::{self, orphaned, AsyncCommitHook, AsyncHook, AsyncHookFn};
-use crate::hook::{self, FirstPanic, HookLabel, HookResult};
-use crate::register::TransactionHooks;
+use crate::async_hook::{self, orphaned, AsyncCommitHook, AsyncHook};
+use crate::hook::{self, AsyncHookFn, FirstPanic, HookLabel, HookResult};
+use crate::register::{AsyncTransactionHooks, TransactionHooks};
 use crate::state::DepthCheck;
 
 impl<C: AsyncConnection> AsyncHookedConnection<C> {
@@ -272,5 +272,33 @@ impl<C: AsyncConnection> TransactionHooks for AsyncHookedConnection<C> {
         let label = HookLabel::new(Location::caller(), text);
         let f = Box::new(move |conn: &mut Self, label: &HookLabel| f(conn).__report(label));
         self.register(label, AsyncHook::Commit(AsyncCommitHook::WithSync(f)));
+    }
+}
+
+// Not listed under a misuse's error: its notes say what to write.
+#[diagnostic::do_not_recommend]
+impl<C: AsyncConnection> AsyncTransactionHooks for AsyncHookedConnection<C> {
+    #[track_caller]
+    fn __on_commit_async_labeled<Fut, R>(&mut self, text: &'static str, future: Fut)
+    where
+        Fut: Future<Output = R> + Send + 'static,
+        R: HookResult + 'static,
+    {
+        let label = HookLabel::new(Location::caller(), text);
+        let hook = async_hook::future_hook(label, future);
+        self.register(label, AsyncHook::Commit(AsyncCommitHook::Future(hook)));
+    }
+
+    #[track_caller]
+    fn __on_commit_with_async_labeled<F, R>(&mut self, text: &'static str, f: F)
+    where
+        F: for<'c> AsyncHookFn<&'c mut Self, R, Fut: Send> + Send + 'static,
+        R: HookResult + 'static,
+    {
+        let label = HookLabel::new(Location::caller(), text);
+        self.register(
+            label,
+            AsyncHook::Commit(AsyncCommitHook::With(async_hook::with_hook(f))),
+        );
     }
 }

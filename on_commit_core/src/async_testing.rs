@@ -11,8 +11,9 @@ use diesel::result::QueryResult;
 use diesel_async::{AsyncConnection, TransactionManager};
 
 use crate::async_connection::AsyncHookedConnection;
-use crate::async_hook::{AsyncCommitHook, AsyncHook, AsyncHookFn, CatchUnwind};
+use crate::async_hook::{AsyncCommitHook, AsyncHook, CatchUnwind};
 use crate::async_transaction::AsyncHookedTransactionManager;
+use crate::hook::AsyncHookFn;
 use crate::hook::HookLabel;
 use crate::queue::Entry;
 use crate::testing::{Capture, CaptureState};

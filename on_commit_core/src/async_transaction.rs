@@ -15,7 +15,8 @@ use diesel::result::{Error, QueryResult};
 use diesel_async::{AsyncConnection, TransactionManager};
 
 use crate::async_connection::AsyncHookedConnection;
-use crate::async_hook::{AsyncHook, AsyncHookFn, CatchUnwind, HookRun};
+use crate::async_hook::{AsyncHook, CatchUnwind, HookRun};
+use crate::hook::AsyncHookFn;
 use crate::hook::FirstPanic;
 use crate::state::{depth_of, DepthCheck};
 

@@ -7,6 +7,7 @@
 
 use std::any::Any;
 use std::fmt;
+use std::future::Future;
 use std::panic::{self, AssertUnwindSafe, Location};
 
 use diesel::QueryResult;
@@ -89,6 +90,25 @@ impl<T, E: fmt::Display> HookResult for Result<T, E> {
             tracing::error!(hook = %label, "transaction hook failed: {error:#}");
         }
     }
+}
+
+/// An async closure that takes one argument and whose future can be named
+/// (to require it `Send`): what diesel-async's `transaction` asks of its
+/// callback, for hooks that receive the connection. Every `async |conn| ..`
+/// closure implements it.
+pub trait AsyncHookFn<T, R>:
+    AsyncFnOnce(T) -> R + FnOnce(T) -> <Self as AsyncHookFn<T, R>>::Fut
+{
+    /// The future the closure returns.
+    type Fut: Future<Output = R>;
+}
+
+impl<F, T, Fut, R> AsyncHookFn<T, R> for F
+where
+    F: AsyncFnOnce(T) -> R + FnOnce(T) -> Fut,
+    Fut: Future<Output = R>,
+{
+    type Fut = Fut;
 }
 
 /// Outside a transaction (`d == 0`), what registering an `on_commit`-kind

@@ -54,8 +54,6 @@ mod transaction;
 #[cfg(feature = "async")]
 pub use crate::async_connection::{AsyncHookedConnection, Observed};
 #[cfg(feature = "async")]
-pub use crate::async_hook::AsyncHookFn;
-#[cfg(feature = "async")]
 pub use crate::async_testing::AsyncCapturedHooks;
 #[cfg(feature = "async")]
 pub use crate::async_transaction::AsyncHookedTransactionManager;
@@ -69,7 +67,7 @@ pub use crate::builder::PgTransactionOptions;
 pub use crate::builder::SqliteTransactionMode;
 pub use crate::builder::{BeginStatement, IsolationLevel, NoRetry, TransactionBuilder};
 pub use crate::connection::HookedConnection;
-pub use crate::hook::{HookLabel, HookPanics, HookResult, OutsideTransaction};
+pub use crate::hook::{AsyncHookFn, HookLabel, HookPanics, HookResult, OutsideTransaction};
 pub use crate::register::TransactionHooks;
 pub use crate::retry::{is_retryable, RetryPolicy, Retryable};
 pub use crate::testing::{Capture, CapturedHooks};
@@ -92,6 +90,7 @@ pub mod __private {
     pub use crate::async_atomic::*;
     pub use crate::atomic::{atomic, AtomicReturn};
     pub use crate::atomic_options::*;
+    pub use crate::register::AsyncTransactionHooks;
     pub use diesel;
     #[cfg(feature = "async")]
     pub use diesel_async;

@@ -2,13 +2,14 @@
 //! what happens outside a transaction (SPEC rules 1, 2, 8, 9).
 
 use std::any::type_name;
+use std::future::Future;
 use std::panic::Location;
 
 use diesel::connection::Connection;
 use diesel::result::QueryResult;
 
 use crate::connection::HookedConnection;
-use crate::hook::{self, CommitHook, Hook, HookLabel, HookResult};
+use crate::hook::{self, AsyncHookFn, CommitHook, Hook, HookLabel, HookResult};
 use crate::state::DepthCheck;
 
 /// Registering transaction hooks, for code that is generic over the
@@ -92,6 +93,32 @@ pub trait TransactionHooks {
     where
         F: FnOnce(&mut Self) -> R + Send + 'static,
         R: HookResult;
+}
+
+/// Registering async hooks, for `on_commit!` with `.await` in its hook, an
+/// `async` block, or an async closure: implemented by
+/// `AsyncHookedConnection` (feature `async`). Not public API.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot run async hooks: an `on_commit!` hook with `.await`, an `async` block or an `async` closure needs an `AsyncHookedConnection` (diesel-on-commit's feature `async`)",
+    label = "not an `AsyncHookedConnection`",
+    note = "with a diesel-async connection, wrap it: `type DbConn = AsyncHookedConnection<AsyncPgConnection>;`",
+    note = "on a sync `HookedConnection`, register a sync hook that hands the work to your runtime: `on_commit!(conn, drop(tokio::spawn(async move {{ .. }})))`"
+)]
+pub trait AsyncTransactionHooks {
+    /// `on_commit_async` with the label text given.
+    #[track_caller]
+    fn __on_commit_async_labeled<Fut, R>(&mut self, text: &'static str, future: Fut)
+    where
+        Fut: Future<Output = R> + Send + 'static,
+        R: HookResult + 'static;
+
+    /// `on_commit_with` with an async closure and the label text given.
+    #[track_caller]
+    fn __on_commit_with_async_labeled<F, R>(&mut self, text: &'static str, f: F)
+    where
+        F: for<'c> AsyncHookFn<&'c mut Self, R, Fut: Send> + Send + 'static,
+        R: HookResult + 'static;
 }
 
 impl<C: Connection> HookedConnection<C> {

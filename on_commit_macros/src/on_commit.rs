@@ -26,11 +26,37 @@ enum Kind<'a> {
     NoArgClosure,
     /// `|conn| ..`: an `on_commit_with` hook.
     ConnClosure(&'a ExprClosure),
+    /// `async move || ..`: called once for its future (an async hook).
+    AsyncNoArgClosure,
+    /// `async move |conn| ..`: an async `on_commit_with` hook.
+    AsyncConnClosure,
+    /// `async move { .. }`: the future is the hook.
+    AsyncBlock,
+    /// An expression with `.await` in it (outside nested closures and
+    /// `async` blocks): wrapped in `async move { expr }`.
+    Awaits,
     /// `send_email`, `hook`: registered as it is; plain or `with` is decided
     /// by its type.
     Path,
     /// Anything else: wrapped in `move || expr`.
     Expr,
+}
+
+/// Whether `expr` awaits something itself (not in a closure or an `async`
+/// block of its own, whose `.await`s are theirs).
+fn awaits(expr: &Expr) -> bool {
+    struct Finder(bool);
+    impl<'ast> syn::visit::Visit<'ast> for Finder {
+        fn visit_expr_await(&mut self, _: &'ast syn::ExprAwait) {
+            self.0 = true;
+        }
+        fn visit_expr_async(&mut self, _: &'ast syn::ExprAsync) {}
+        fn visit_expr_closure(&mut self, _: &'ast ExprClosure) {}
+        fn visit_item(&mut self, _: &'ast syn::Item) {}
+    }
+    let mut finder = Finder(false);
+    syn::visit::Visit::visit_expr(&mut finder, expr);
+    finder.0
 }
 
 /// Entry point.
@@ -144,14 +170,10 @@ fn peel(expr: &Expr) -> &Expr {
 fn classify(hook: &Expr) -> syn::Result<Kind<'_>> {
     Ok(match peel(hook) {
         Expr::Closure(closure) => {
-            if let Some(asyncness) = &closure.asyncness {
-                return Err(syn::Error::new_spanned(
-                    asyncness,
-                    "async hooks come with diesel-async support (`on_commit_async`); \
-                     until then, register a sync closure that spawns the work",
-                ));
-            }
+            let is_async = closure.asyncness.is_some();
             match closure.inputs.len() {
+                0 if is_async => Kind::AsyncNoArgClosure,
+                1 if is_async => Kind::AsyncConnClosure,
                 0 => Kind::NoArgClosure,
                 1 => Kind::ConnClosure(closure),
                 _ => {
@@ -163,7 +185,9 @@ fn classify(hook: &Expr) -> syn::Result<Kind<'_>> {
                 }
             }
         }
+        Expr::Async(_) => Kind::AsyncBlock,
         Expr::Path(path) if path.qself.is_none() && path.attrs.is_empty() => Kind::Path,
+        expr if awaits(expr) => Kind::Awaits,
         _ => Kind::Expr,
     })
 }
@@ -178,6 +202,7 @@ fn emit(input: &Input) -> syn::Result<TokenStream> {
     } = input;
     let text = label_text(hook_tokens);
     let hooks = quote!(#krate::TransactionHooks);
+    let async_hooks = quote!(#krate::__private::AsyncTransactionHooks);
     // Always the trait's full path, never method syntax: Diesel's next
     // release adds `SqliteConnection::on_commit`, SQLite's own commit hook,
     // which method syntax would pick on a plain connection.
@@ -198,6 +223,33 @@ fn emit(input: &Input) -> syn::Result<TokenStream> {
         (Kind::Expr, false) => quote!(#hooks::__on_commit_labeled(#conn, #text, move || #hook)),
         (Kind::Expr, true) => {
             quote!(#hooks::__on_commit_robust_labeled(#conn, #text, move || #hook))
+        }
+        (Kind::AsyncBlock, false) => {
+            quote!(#async_hooks::__on_commit_async_labeled(#conn, #text, #hook))
+        }
+        (Kind::Awaits, false) => {
+            quote!(#async_hooks::__on_commit_async_labeled(#conn, #text, async move { #hook }))
+        }
+        (Kind::AsyncNoArgClosure, false) => {
+            // Called inside the block: its future borrows the closure.
+            quote!(#async_hooks::__on_commit_async_labeled(#conn, #text, async move {
+                let hook = #hook;
+                hook().await
+            }))
+        }
+        (Kind::AsyncConnClosure, false) => {
+            quote!(#async_hooks::__on_commit_with_async_labeled(#conn, #text, #hook))
+        }
+        (
+            Kind::AsyncBlock | Kind::Awaits | Kind::AsyncNoArgClosure | Kind::AsyncConnClosure,
+            true,
+        ) => {
+            return Err(syn::Error::new_spanned(
+                hook,
+                "`robust` is for sync hooks: drop `robust` (an async hook's panic does not \
+                 stop the other hooks; `set_hook_panics(HookPanics::Log)` keeps it from being \
+                 resumed), or catch the panic inside the hook",
+            ))
         }
     })
 }
