@@ -128,7 +128,7 @@ struct Tally {
     rolled_back: usize,
     commit_in_flight: usize,
     dropped_while_commit_hooks_ran: usize,
-    ran_on_task: usize,
+    commit_hooks_ran: usize,
     reported: usize,
 }
 
@@ -255,7 +255,7 @@ fn run_once(limit: usize, drop_inside_runtime: bool, tally: &mut Tally) -> bool 
                 "{context}"
             );
             tally.dropped_while_commit_hooks_ran += 1;
-            tally.ran_on_task += COMMIT_HOOKS.iter().filter(|h| count(h) == 1).count();
+            tally.commit_hooks_ran += COMMIT_HOOKS.iter().filter(|h| count(h) == 1).count();
             tally.reported += COMMIT_HOOKS.iter().filter(|h| reported(h)).count();
             false
         }
@@ -321,7 +321,7 @@ fn dropped_at_every_await_inside_the_runtime_each_hook_runs_once_or_is_reported(
         "{tally:?}"
     );
     assert!(
-        tally.ran_on_task > 0,
+        tally.commit_hooks_ran > 0,
         "hooks still due ran on the spawned task: {tally:?}"
     );
 }
