@@ -222,7 +222,7 @@ impl<C: Connection> HookedConnection<C> {
     /// enclosing one, rolled back (for any reason: `Err`, a panic, a failed
     /// COMMIT, a `before_commit` error, a broken connection). Dropped when
     /// the level commits. Outside a transaction it is dropped under
-    /// [`OutsideTransaction::Run`], warned and dropped under `WarnAndRun`,
+    /// [`OutsideTransaction::Run`](crate::OutsideTransaction::Run), warned and dropped under `WarnAndRun`,
     /// and panics under `Panic`.
     ///
     /// After a COMMIT whose outcome is unknown (the connection died before
