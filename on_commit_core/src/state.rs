@@ -348,6 +348,7 @@ impl<H: QueuedHook> HookState<H> {
 
     /// The recorded cause says the server rolled the whole transaction back
     /// (an InnoDB deadlock): a failing savepoint rollback is then expected.
+    #[cfg(feature = "async")]
     pub(crate) fn aborted_all(&self) -> bool {
         self.abort_cause.as_ref().is_some_and(|c| c.aborts_all)
     }
@@ -646,6 +647,7 @@ impl<H: QueuedHook> HookState<H> {
     }
 
     /// Takes the hooks queued in `due`, in order.
+    #[cfg(feature = "async")]
     pub(crate) fn take_due(&mut self) -> Vec<Entry<H>> {
         std::mem::take(&mut self.due)
     }
