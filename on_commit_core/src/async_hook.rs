@@ -16,7 +16,7 @@ use diesel::result::QueryResult;
 use diesel_async::AsyncConnection;
 
 use crate::async_connection::AsyncHookedConnection;
-use crate::hook::{self, panic_message, AsyncHookFn, FirstPanic, HookLabel, HookResult, PlainFn};
+use crate::hook::{self, AsyncHookFn, FirstPanic, HookLabel, HookResult, PlainFn};
 use crate::queue::{Entry, QueuedHook};
 
 /// A boxed, `Send` future.
@@ -108,6 +108,8 @@ impl<C: AsyncConnection> QueuedHook for AsyncHook<C> {
 }
 
 /// A hook that can run without the connection, on a task of its own.
+// Without the `tokio` feature there is no task: only logged.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
 enum Detached {
     Sync(PlainFn),
     Robust(PlainFn),
@@ -171,6 +173,8 @@ pub(crate) fn orphaned<C: AsyncConnection>(due: impl IntoIterator<Item = Orphan<
 
 #[cfg(feature = "tokio")]
 async fn run_detached(hooks: Vec<(HookLabel, &'static str, &'static str, Detached)>) {
+    use crate::hook::panic_message;
+
     for (label, kind, _, hook) in hooks {
         let outcome = match hook {
             Detached::Sync(f) | Detached::Robust(f) => {
