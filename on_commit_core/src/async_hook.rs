@@ -428,7 +428,20 @@ impl<C: AsyncConnection> HookRun<'_, C> {
             .into_iter()
             .chain(next.into_iter().map(|e| (e.label, e.hook, why)))
             .chain(rest.map(|e| (e.label, e.hook, why)));
-        self.conn.orphans.extend(orphans);
+        let conn = &mut *self.conn;
+        for (label, hook, why) in orphans {
+            // An open capture keeps the on_commit hooks it collects.
+            let hook = match (hook, &mut conn.state.capture) {
+                (AsyncHook::Commit(hook), Some(capture)) if commit => {
+                    match capture.capture(label, hook) {
+                        Some(hook) => AsyncHook::Commit(hook),
+                        None => continue,
+                    }
+                }
+                (hook, _) => hook,
+            };
+            conn.orphans.push((label, hook, why));
+        }
     }
 }
 
