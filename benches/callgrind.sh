@@ -12,6 +12,10 @@
 #   callgrind_annotate --inclusive=yes DIR/callgrind.hooks100.hooked.300.out | head -60
 #   benches/callgrind.sh --strict        # exit 1 when a target is missed
 #
+# The async wrapper has its own report (BENCHMARKS.md, "Async wrapper"):
+#   cargo build --release --example async_bench_report --features async &&
+#   "${CARGO_TARGET_DIR:-target}"/release/examples/async_bench_report --callgrind
+#
 # Builds into $CARGO_TARGET_DIR (default target/) with the release profile.
 # For file:line in callgrind_annotate, also export
 # CARGO_PROFILE_RELEASE_DEBUG=line-tables-only (same code, but a full rebuild).

@@ -847,3 +847,55 @@ async fn pg_test_transaction_is_the_baseline_and_its_end_fires_nothing() {
     assert_eq!(log.take(), ["real commit"]);
     assert_eq!(committed(&db).await, [3]);
 }
+
+// Cancellation rule 3 on PostgreSQL: the future is dropped while COMMIT is in
+// flight (a deferred constraint trigger makes COMMIT take 1 s). The outcome
+// is unknown to the wrapper, so it counts as failed: no on_commit hook ever
+// runs, the on_rollback hooks run on a spawned task, the connection is
+// broken — and the server did commit, which is what the docs warn about.
+#[tokio::test]
+async fn pg_future_dropped_while_commit_is_in_flight_counts_as_failed() {
+    let (db, mut conn) = setup().await;
+    conn.batch_execute(
+        "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$;
+         CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON items
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit();",
+    )
+    .await
+    .unwrap();
+    let log = Log::new();
+    let l = log.clone();
+    let started = std::time::Instant::now();
+    let timed_out = tokio::time::timeout(
+        Duration::from_millis(400),
+        conn.transaction::<(), Error, _>(async |c| {
+            insert(c, 1).await?;
+            c.on_commit(l.hook("never"));
+            c.on_commit_async(later(&l, "never async"));
+            c.on_rollback(l.hook("rolled back"));
+            c.on_rollback_async(later(&l, "rolled back async"));
+            Ok(())
+        }),
+    )
+    .await;
+    assert!(timed_out.is_err(), "COMMIT finished: {timed_out:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "dropped before COMMIT returned"
+    );
+    assert!(log.get().is_empty(), "a hook ran inside Drop");
+    assert!(
+        is_broken(&mut conn),
+        "a COMMIT of unknown outcome breaks the connection"
+    );
+    assert_eq!(
+        wait_for(&log, 2).await,
+        ["rolled back", "rolled back async"],
+        "counted as failed: the on_rollback hooks run on a spawned task"
+    );
+    // The server finishes the COMMIT on its own.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(committed(&db).await, [1], "PostgreSQL did commit it");
+    assert_eq!(log.take().len(), 2, "no on_commit hook ran, none twice");
+}

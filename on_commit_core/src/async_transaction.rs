@@ -18,7 +18,7 @@ use crate::async_connection::AsyncHookedConnection;
 use crate::async_hook::{AsyncHook, CatchUnwind, HookRun};
 use crate::hook::AsyncHookFn;
 use crate::hook::FirstPanic;
-use crate::state::{depth_of, DepthCheck};
+use crate::state::{depth_of, DepthCheck, Touch};
 
 type Inner<C> = <C as AsyncConnection>::TransactionManager;
 
@@ -131,6 +131,12 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     /// 8 and 9). See `HookState::sync`.
     #[inline]
     pub(crate) fn sync(&mut self) -> DepthCheck {
+        // Nothing reached the inner connection since the last check: skip
+        // even reading its status (behind an `Arc` and a `Mutex` in
+        // diesel-async's SyncConnectionWrapper).
+        if self.state.touch == Touch::Checked {
+            return DepthCheck::Matches;
+        }
         self.state
             .sync(Inner::<C>::transaction_manager_status_mut(&mut self.inner))
     }
@@ -148,10 +154,15 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
 
     /// Awaits the hooks that became due (the `on_rollback` hooks of levels
     /// that rolled back), in registration order.
+    #[inline]
     pub(crate) async fn run_due(&mut self) {
-        if self.state.due.is_empty() {
-            return;
+        if !self.state.due.is_empty() {
+            self.run_due_now().await;
         }
+    }
+
+    #[cold]
+    async fn run_due_now(&mut self) {
         let due = self.state.take_due();
         let policy = self.state.hook_panics;
         let never_resume = self.state.unwinding > 0;

@@ -15,7 +15,7 @@ use diesel::result::{Error, QueryResult};
 
 use crate::connection::HookedConnection;
 use crate::hook::{self, CommitHook, FirstPanic, Hook, HookLabel};
-use crate::state::{depth_of, DepthCheck};
+use crate::state::{depth_of, DepthCheck, Touch};
 
 type Inner<C> = <C as Connection>::TransactionManager;
 
@@ -44,6 +44,12 @@ impl<C: Connection> HookedConnection<C> {
     /// 8 and 9); called at every step. See [`HookState::sync`].
     #[inline]
     pub(crate) fn sync(&mut self) -> DepthCheck {
+        // Nothing reached the inner connection since the last check: skip
+        // even reading its status (behind an `Arc` and a `Mutex` in
+        // diesel-async's SyncConnectionWrapper).
+        if self.state.touch == Touch::Checked {
+            return DepthCheck::Matches;
+        }
         self.state
             .sync(Inner::<C>::transaction_manager_status_mut(&mut self.inner))
     }
