@@ -10,6 +10,7 @@ use diesel::result::QueryResult;
 
 use crate::connection::HookedConnection;
 use crate::hook::{self, AsyncHookFn, CommitHook, Hook, HookLabel, HookResult};
+use crate::queue::Entry;
 use crate::state::DepthCheck;
 
 /// Registering transaction hooks, for code that is generic over the
@@ -311,7 +312,11 @@ impl<C: Connection> HookedConnection<C> {
     #[inline]
     fn register(&mut self, label: HookLabel, hook: Hook<C>) {
         let check = self.sync();
-        if let Some(hook) = self.state.place(check, label, hook) {
+        if check == DepthCheck::Matches && self.state.levels >= 1 {
+            // The common case, inlined: append to the current level.
+            let level = self.state.levels;
+            self.state.queue.push(level, Entry { label, hook });
+        } else if let Some(hook) = self.state.place(check, label, hook) {
             self.run_at_once(label, hook);
         }
     }

@@ -227,16 +227,12 @@ impl<H: QueuedHook> HookState<H> {
     }
 
     /// Brings the levels in line with the inner connection's status (rules
-    /// 8 and 9); called at every step. In the common case it is a flag test
-    /// (nothing touched the inner connection since the last check) or one
-    /// status read and a comparison, inlined.
+    /// 8 and 9); called at every step. In the common case it is one status
+    /// read and a comparison, inlined. The wrappers' own `sync()` skips it
+    /// entirely when nothing reached the inner connection since the last
+    /// check (`Touch::Checked`).
     #[inline]
     pub(crate) fn sync(&mut self, status: &mut TransactionManagerStatus) -> DepthCheck {
-        // Nothing reached the inner connection since the last check: the
-        // levels are still right (see `Touch`), no need to read the depth.
-        if self.touch == Touch::Checked {
-            return DepthCheck::Matches;
-        }
         let expected = u32::from(self.baseline) + self.levels;
         match depth_of(status) {
             Some(real) if real == expected && !self.lost && self.touch != Touch::Failed => {
