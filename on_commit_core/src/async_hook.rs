@@ -323,13 +323,12 @@ impl<'a, C: AsyncConnection> HookRun<'a, C> {
             // After COMMIT the on_commit-kind hooks run (through an open
             // capture); after a rollback the on_rollback-kind ones.
             let hook = match hook {
-                AsyncHook::Commit(hook) if self.commit => match &mut self.conn.state.capture {
-                    Some(capture) => match capture.capture(label, hook) {
+                AsyncHook::Commit(hook) if self.commit => {
+                    match self.conn.state.through_capture(label, hook) {
                         Some(hook) => hook,
                         None => continue,
-                    },
-                    None => hook,
-                },
+                    }
+                }
                 AsyncHook::Rollback(f) if !self.commit => {
                     hook::run_plain(f, &label, &mut self.panics);
                     continue;
@@ -431,14 +430,14 @@ impl<C: AsyncConnection> HookRun<'_, C> {
         let conn = &mut *self.conn;
         for (label, hook, why) in orphans {
             // An open capture keeps the on_commit hooks it collects.
-            let hook = match (hook, &mut conn.state.capture) {
-                (AsyncHook::Commit(hook), Some(capture)) if commit => {
-                    match capture.capture(label, hook) {
+            let hook = match hook {
+                AsyncHook::Commit(hook) if commit => {
+                    match conn.state.through_capture(label, hook) {
                         Some(hook) => AsyncHook::Commit(hook),
                         None => continue,
                     }
                 }
-                (hook, _) => hook,
+                hook => hook,
             };
             conn.orphans.push((label, hook, why));
         }

@@ -1,6 +1,6 @@
 //! Registering hooks on the async wrapper: the sync kinds, the async kinds,
 //! and `TransactionHooks` (SPEC rules 1, 2, 8, 9; the placement rules are
-//! the shared `HookState::place`).
+//! the shared `HookState::open_level` and `place_slow`).
 
 use std::any::type_name;
 use std::future::Future;
@@ -145,7 +145,11 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     #[inline]
     pub(crate) fn register(&mut self, label: HookLabel, hook: AsyncHook<C>) {
         let check = self.sync();
-        if let Some(hook) = self.state.place(check, label, hook) {
+        if let Some(level) = self.state.open_level(check) {
+            self.state
+                .queue
+                .push(level, crate::queue::Entry { label, hook });
+        } else if let Some(hook) = self.state.place_slow(check, label, hook) {
             self.run_at_once(label, hook);
         }
     }
@@ -166,12 +170,8 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
             });
             return;
         }
-        let hook = match &mut self.state.capture {
-            Some(capture) => match capture.capture(label, hook) {
-                Some(hook) => hook,
-                None => return,
-            },
-            None => hook,
+        let Some(hook) = self.state.through_capture(label, hook) else {
+            return;
         };
         let mut panics = FirstPanic::new();
         self.state.running_commit_hooks += 1;

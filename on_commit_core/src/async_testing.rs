@@ -6,7 +6,6 @@ use std::fmt;
 use std::panic;
 use std::pin::pin;
 
-use diesel::connection::TransactionManagerStatus;
 use diesel::result::QueryResult;
 use diesel_async::{AsyncConnection, TransactionManager};
 
@@ -16,7 +15,9 @@ use crate::async_transaction::AsyncHookedTransactionManager;
 use crate::hook::AsyncHookFn;
 use crate::hook::HookLabel;
 use crate::queue::Entry;
-use crate::testing::{Capture, CaptureState};
+use crate::testing::{
+    assert_no_transaction, test_outcome, test_transaction_began, Capture, CaptureState,
+};
 
 type Inner<C> = <C as AsyncConnection>::TransactionManager;
 
@@ -133,11 +134,7 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
             }
         }
         self.sync();
-        match outcome {
-            Ok(Ok(value)) => value,
-            Ok(Err(e)) => panic!("Transaction did not succeed: {e:?}"),
-            Err(payload) => panic::resume_unwind(payload),
-        }
+        test_outcome(outcome)
     }
 
     /// Runs `body` and captures every `on_commit`-kind hook that would have
@@ -193,18 +190,12 @@ pub(crate) async fn begin_test_transaction<C: AsyncConnection>(
 ) -> QueryResult<()> {
     conn.sync();
     conn.run_due().await;
-    match Inner::<C>::transaction_manager_status_mut(&mut conn.inner) {
-        TransactionManagerStatus::Valid(status) => assert_eq!(
-            None,
-            status.transaction_depth(),
-            "a test transaction cannot be opened inside a transaction"
-        ),
-        TransactionManagerStatus::InError => panic!("Transaction manager in error"),
-    }
+    assert_no_transaction(Inner::<C>::transaction_manager_status_mut(&mut conn.inner));
     conn.state.touched();
     Inner::<C>::begin_transaction(&mut conn.inner).await?;
-    // Like diesel-async: so that pools do not count the connection as broken.
-    Inner::<C>::transaction_manager_status_mut(&mut conn.inner).set_test_transaction_flag();
-    conn.state.baseline = true;
+    test_transaction_began(
+        &mut conn.state,
+        Inner::<C>::transaction_manager_status_mut(&mut conn.inner),
+    );
     Ok(())
 }

@@ -18,7 +18,7 @@ use crate::async_connection::AsyncHookedConnection;
 use crate::async_hook::{AsyncHook, CatchUnwind, HookRun};
 use crate::hook::AsyncHookFn;
 use crate::hook::FirstPanic;
-use crate::state::{depth_of, DepthCheck, Touch};
+use crate::state::{depth_of, DepthCheck};
 
 type Inner<C> = <C as AsyncConnection>::TransactionManager;
 
@@ -131,14 +131,8 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     /// 8 and 9). See `HookState::sync`.
     #[inline]
     pub(crate) fn sync(&mut self) -> DepthCheck {
-        // Nothing reached the inner connection since the last check: skip
-        // even reading its status (behind an `Arc` and a `Mutex` in
-        // diesel-async's SyncConnectionWrapper).
-        if self.state.touch == Touch::Checked {
-            return DepthCheck::Matches;
-        }
         self.state
-            .sync(Inner::<C>::transaction_manager_status_mut(&mut self.inner))
+            .sync(|| Inner::<C>::transaction_manager_status_mut(&mut self.inner))
     }
 
     /// User depth `d`: the inner depth minus the test-transaction baseline.

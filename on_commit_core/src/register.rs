@@ -306,17 +306,15 @@ impl<C: Connection> HookedConnection<C> {
         self.register(label, Hook::Rollback(f));
     }
 
-    /// Queues `hook` at the current level, or applies rule 2 at `d == 0`
-    /// (see [`HookState::place`](crate::state::HookState::place)): an
-    /// `on_commit`-kind hook the policy lets run runs at once.
+    /// Queues `hook` at the current level, or applies rules 2, 8, 9 (see
+    /// `HookState::place_slow`): an `on_commit`-kind hook the policy lets
+    /// run at `d == 0` runs at once.
     #[inline]
     fn register(&mut self, label: HookLabel, hook: Hook<C>) {
         let check = self.sync();
-        if check == DepthCheck::Matches && self.state.levels >= 1 {
-            // The common case, inlined: append to the current level.
-            let level = self.state.levels;
+        if let Some(level) = self.state.open_level(check) {
             self.state.queue.push(level, Entry { label, hook });
-        } else if let Some(hook) = self.state.place(check, label, hook) {
+        } else if let Some(hook) = self.state.place_slow(check, label, hook) {
             self.run_at_once(label, hook);
         }
     }

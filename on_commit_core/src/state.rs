@@ -227,12 +227,25 @@ impl<H: QueuedHook> HookState<H> {
     }
 
     /// Brings the levels in line with the inner connection's status (rules
-    /// 8 and 9); called at every step. In the common case it is one status
-    /// read and a comparison, inlined. The wrappers' own `sync()` skips it
-    /// entirely when nothing reached the inner connection since the last
-    /// check (`Touch::Checked`).
+    /// 8 and 9); called at every step. In the common case it is a flag test
+    /// (nothing reached the inner connection since the last check, so its
+    /// status is not even read: behind an `Arc` and a `Mutex` in
+    /// diesel-async's `SyncConnectionWrapper`) or one status read and a
+    /// comparison, inlined.
     #[inline]
-    pub(crate) fn sync(&mut self, status: &mut TransactionManagerStatus) -> DepthCheck {
+    pub(crate) fn sync<'s>(
+        &mut self,
+        status: impl FnOnce() -> &'s mut TransactionManagerStatus,
+    ) -> DepthCheck {
+        if self.touch == Touch::Checked {
+            return DepthCheck::Matches;
+        }
+        self.check_depth(status())
+    }
+
+    /// [`sync`](Self::sync) without the flag test, for a status at hand.
+    #[inline]
+    pub(crate) fn check_depth(&mut self, status: &mut TransactionManagerStatus) -> DepthCheck {
         let expected = u32::from(self.baseline) + self.levels;
         match depth_of(status) {
             Some(real) if real == expected && !self.lost && self.touch != Touch::Failed => {
@@ -272,6 +285,22 @@ impl<H: QueuedHook> HookState<H> {
         depth_of(status)
             .unwrap_or(0)
             .saturating_sub(u32::from(self.baseline))
+    }
+
+    /// An `on_commit`-kind hook is about to run (rule 12): with no capture
+    /// open it is handed back; an open capture records its label and keeps
+    /// it (`None`, [`Capture::Collect`](crate::Capture::Collect)) or hands
+    /// it back to run (`Capture::Execute`).
+    #[inline]
+    pub(crate) fn through_capture(
+        &mut self,
+        label: HookLabel,
+        hook: H::Commit,
+    ) -> Option<H::Commit> {
+        match &mut self.capture {
+            Some(capture) => capture.capture(label, hook),
+            None => Some(hook),
+        }
     }
 
     /// A level was opened on the inner connection.
@@ -410,7 +439,7 @@ impl<H: QueuedHook> HookState<H> {
                 self.cause_after_rollback(level, requires_rollback(status));
                 self.rolled_back(level);
                 if after + 1 < before {
-                    self.sync(status);
+                    self.check_depth(status);
                 }
             }
             Some(_) => {} // nothing was rolled back; the level stays open
@@ -455,7 +484,7 @@ impl<H: QueuedHook> HookState<H> {
                     }
                 };
                 if after + 1 < before {
-                    self.sync(status);
+                    self.check_depth(status);
                 }
                 committed
             }
@@ -540,29 +569,30 @@ impl<H: QueuedHook> HookState<H> {
         self.abort_cause = None;
     }
 
-    /// Where a new hook goes (rules 1, 2, 8, 9): queued at the current level
-    /// (`None`), or handed back to be run at once under rule 2 (`Some`,
-    /// an `on_commit`-kind hook at `d == 0` that the policy lets run).
+    /// The level a new hook joins (rule 1): the current one, when the
+    /// levels match the inner connection and a user transaction is open.
+    /// Otherwise the wrapper hands the hook to [`place_slow`](Self::place_slow).
+    // The wrappers push with this test written out in their `register`:
+    // returning the hook through `Option` from a shared `place()` cost ~9
+    // instructions per hook (BENCHMARKS.md, change 5).
     #[inline]
-    pub(crate) fn place(
+    pub(crate) fn open_level(&self, check: DepthCheck) -> Option<u32> {
+        (check == DepthCheck::Matches && self.levels >= 1).then_some(self.levels)
+    }
+
+    /// Where a new hook goes when [`open_level`](Self::open_level) has
+    /// none (rules 1, 2, 8, 9): outside a transaction, or in a foreign or
+    /// broken one. Queued (`None`: levels changed meanwhile), dropped or
+    /// panicking by rule 2, 8 or 9, or handed back to be run at once
+    /// (`Some`: an `on_commit`-kind hook at `d == 0` the policy lets run).
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn place_slow(
         &mut self,
         check: DepthCheck,
         label: HookLabel,
         hook: H,
     ) -> Option<H::Commit> {
-        if check == DepthCheck::Matches && self.levels >= 1 {
-            let level = self.levels;
-            self.queue.push(level, Entry { label, hook });
-            None
-        } else {
-            self.place_slow(check, label, hook)
-        }
-    }
-
-    /// `place` outside a transaction, or in a foreign or broken one.
-    #[cold]
-    #[inline(never)]
-    fn place_slow(&mut self, check: DepthCheck, label: HookLabel, hook: H) -> Option<H::Commit> {
         match check {
             DepthCheck::Matches => {}
             DepthCheck::Broken => {

@@ -9,6 +9,8 @@ use diesel::result::QueryResult;
 
 use crate::connection::HookedConnection;
 use crate::hook::{CommitHook, HookLabel};
+use crate::queue::QueuedHook;
+use crate::state::HookState;
 use crate::transaction::HookedTransactionManager;
 
 type Inner<C> = <C as Connection>::TransactionManager;
@@ -170,7 +172,20 @@ pub(crate) fn begin_test_transaction<C: Connection>(
     conn: &mut HookedConnection<C>,
 ) -> QueryResult<()> {
     conn.sync();
-    match Inner::<C>::transaction_manager_status_mut(&mut conn.inner) {
+    assert_no_transaction(Inner::<C>::transaction_manager_status_mut(&mut conn.inner));
+    conn.state.touched();
+    Inner::<C>::begin_transaction(&mut conn.inner)?;
+    test_transaction_began(
+        &mut conn.state,
+        Inner::<C>::transaction_manager_status_mut(&mut conn.inner),
+    );
+    Ok(())
+}
+
+/// Rule 11, as in Diesel: a test transaction opens only where no
+/// transaction is open, on a manager that is not in error.
+pub(crate) fn assert_no_transaction(status: &TransactionManagerStatus) {
+    match status {
         TransactionManagerStatus::Valid(status) => assert_eq!(
             None,
             status.transaction_depth(),
@@ -178,12 +193,28 @@ pub(crate) fn begin_test_transaction<C: Connection>(
         ),
         TransactionManagerStatus::InError => panic!("Transaction manager in error"),
     }
-    conn.state.touched();
-    Inner::<C>::begin_transaction(&mut conn.inner)?;
-    // Like Diesel: so that pools do not count the connection as broken.
-    Inner::<C>::transaction_manager_status_mut(&mut conn.inner).set_test_transaction_flag();
-    conn.state.baseline = true;
-    Ok(())
+}
+
+/// The test transaction's BEGIN went through: it is the baseline, and
+/// flagged (like Diesel) so that pools do not count the connection as
+/// broken.
+pub(crate) fn test_transaction_began<H: QueuedHook>(
+    state: &mut HookState<H>,
+    status: &mut TransactionManagerStatus,
+) {
+    status.set_test_transaction_flag();
+    state.baseline = true;
+}
+
+/// What `test_transaction` returns once the test transaction was rolled
+/// back: the body's value, or Diesel's panic for an `Err`, or the body's
+/// panic resumed.
+pub(crate) fn test_outcome<T, E: fmt::Debug>(outcome: std::thread::Result<Result<T, E>>) -> T {
+    match outcome {
+        Ok(Ok(value)) => value,
+        Ok(Err(e)) => panic!("Transaction did not succeed: {e:?}"),
+        Err(payload) => panic::resume_unwind(payload),
+    }
 }
 
 /// `test_transaction(f)`: runs `f` on the baseline, then rolls the test
@@ -208,9 +239,5 @@ where
         }
     }
     conn.sync();
-    match result {
-        Ok(Ok(value)) => value,
-        Ok(Err(e)) => panic!("Transaction did not succeed: {e:?}"),
-        Err(payload) => panic::resume_unwind(payload),
-    }
+    test_outcome(result)
 }

@@ -15,7 +15,7 @@ use diesel::result::{Error, QueryResult};
 
 use crate::connection::HookedConnection;
 use crate::hook::{self, CommitHook, FirstPanic, Hook, HookLabel};
-use crate::state::{depth_of, DepthCheck, Touch};
+use crate::state::{depth_of, DepthCheck};
 
 type Inner<C> = <C as Connection>::TransactionManager;
 
@@ -44,14 +44,8 @@ impl<C: Connection> HookedConnection<C> {
     /// 8 and 9); called at every step. See [`HookState::sync`].
     #[inline]
     pub(crate) fn sync(&mut self) -> DepthCheck {
-        // Nothing reached the inner connection since the last check: skip
-        // even reading its status (behind an `Arc` and a `Mutex` in
-        // diesel-async's SyncConnectionWrapper).
-        if self.state.touch == Touch::Checked {
-            return DepthCheck::Matches;
-        }
         self.state
-            .sync(Inner::<C>::transaction_manager_status_mut(&mut self.inner))
+            .sync(|| Inner::<C>::transaction_manager_status_mut(&mut self.inner))
     }
 
     /// User depth `d`: the inner depth minus the test-transaction baseline.
@@ -70,14 +64,9 @@ impl<C: Connection> HookedConnection<C> {
         label: HookLabel,
         panics: &mut FirstPanic,
     ) {
-        let hook = match &mut self.state.capture {
-            Some(capture) => match capture.capture(label, hook) {
-                Some(hook) => hook,
-                None => return,
-            },
-            None => hook,
-        };
-        hook::run_commit_hook(self, hook, &label, panics);
+        if let Some(hook) = self.state.through_capture(label, hook) {
+            hook::run_commit_hook(self, hook, &label, panics);
+        }
     }
 
     /// Runs a batch of `on_commit`-kind hooks at `d == 0`, in order; their
