@@ -53,13 +53,11 @@
 // (not boxed), are deeper than the default limit allows for their layout.
 #![recursion_limit = "256"]
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::error::Error as StdError;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::{pin, Pin};
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -69,54 +67,18 @@ use diesel::{Connection as _, ExpressionMethods, SqliteConnection};
 use diesel_async::sync_connection_wrapper::{SpawnBlocking, SyncConnectionWrapper};
 use diesel_async::AsyncConnection;
 use diesel_on_commit::AsyncHookedConnection;
+use report::{callgrind_instructions, fmt_ns, summary, Counting};
 
-// ---------------------------------------------------------------------------
-// A counting allocator that costs one relaxed load when not counting (as in
-// examples/bench_report.rs), so the timed and callgrind figures are not
-// inflated by bookkeeping.
+#[path = "../benches/common/report.rs"]
+mod report;
 
-struct Counting;
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-#[inline(always)]
-fn count() {
-    if COUNTING.load(Relaxed) {
-        ALLOCS.fetch_add(1, Relaxed);
-    }
-}
-
-// SAFETY: every call is forwarded unchanged to the system allocator.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count(); // a reallocation counts as an allocation
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
+/// Allocations made by `f`.
+fn allocations(f: impl FnOnce()) -> u64 {
+    report::allocations(f).0
 }
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-/// Allocations made by `f` (single-threaded program).
-fn allocations(f: impl FnOnce()) -> u64 {
-    ALLOCS.store(0, Relaxed);
-    COUNTING.store(true, Relaxed);
-    f();
-    COUNTING.store(false, Relaxed);
-    ALLOCS.load(Relaxed)
-}
 
 // ---------------------------------------------------------------------------
 // No runtime: tasks run at once, futures are ready at once.
@@ -551,35 +513,6 @@ fn self_check() {
     }
 }
 
-// ---------------------------------------------------------------------------
-// Statistics.
-
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let pos = q * (sorted.len() - 1) as f64;
-    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
-}
-
-/// (median, p10, p90)
-fn summary(values: &[f64]) -> (f64, f64, f64) {
-    let mut v = values.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    (quantile(&v, 0.5), quantile(&v, 0.1), quantile(&v, 0.9))
-}
-
-fn fmt_ns(ns: f64) -> String {
-    if ns >= 1e6 {
-        format!("{:.2} ms", ns / 1e6)
-    } else if ns >= 1e3 {
-        format!("{:.2} µs", ns / 1e3)
-    } else {
-        format!("{ns:.0} ns")
-    }
-}
-
 fn base_name(s: Scenario) -> &'static str {
     if s.has_hooks() {
         "raw + queue"
@@ -804,29 +737,7 @@ fn callgrind_one(s: Scenario, v: Variant, iterations: u64) {
 }
 
 fn run_callgrind(exe: &Path, dir: &Path, s: Scenario, v: Variant, n: u64) -> u64 {
-    let out = dir.join(format!("callgrind.{}.{}.{n}.out", s.name(), v.name()));
-    let status = Command::new("valgrind")
-        .arg("--tool=callgrind")
-        .arg(format!("--callgrind-out-file={}", out.display()))
-        .arg("--quiet")
-        .arg(exe)
-        .args(["--callgrind-one", &s.name(), v.name(), &n.to_string()])
-        .status()
-        .expect("run valgrind (apt-get install valgrind)");
-    assert!(
-        status.success(),
-        "valgrind failed on {} {} {n}",
-        s.name(),
-        v.name()
-    );
-    let text = std::fs::read_to_string(&out).expect("read callgrind output");
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix("totals:")
-                .or_else(|| l.strip_prefix("summary:"))
-        })
-        .and_then(|t| t.split_whitespace().next()?.parse().ok())
-        .expect("callgrind totals line")
+    callgrind_instructions(exe, dir, &s.name(), v.name(), n)
 }
 
 fn callgrind(opts: &Opts) {
