@@ -56,11 +56,7 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use on_commit_core::__private::*;
-
-    pub use crate::path_hook::{on_commit_path, NoArg, PathHook, WithConn};
 }
-
-mod path_hook;
 
 // The macros' documentation lives in `on_commit_macros/docs/`; its examples
 // need this crate and Diesel, so they are doctested here.

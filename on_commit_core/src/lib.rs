@@ -1,77 +1,65 @@
-//! The runtime of [diesel-on-commit](https://docs.rs/diesel-on-commit):
-//! [`HookedConnection`], a Diesel connection that runs hooks after the
-//! outermost COMMIT, after a rollback, or just before COMMIT.
+//! The runtime of diesel-on-commit: [`HookedConnection`], a Diesel
+//! connection that runs hooks after the outermost COMMIT, after a rollback,
+//! or just before COMMIT, and its async sibling `AsyncHookedConnection`.
 //!
 //! Users depend on the facade crate `diesel-on-commit`, which re-exports
-//! everything here together with the macros. Where each rule of the contract
-//! lives:
+//! everything here together with the macros. The contract (below) numbers
+//! its rules; the code cites those numbers. Where each rule lives:
 //!
-//! | file | rules |
+//! | path | rules |
 //! |---|---|
-//! | `connection.rs` | the wrapper and its delegation of Diesel's traits |
-//! | `transaction.rs` | begin, commit, rollback, panic guard (3, 4, 5, 7), driving the shared rules of `state.rs` |
-//! | `queue.rs` | levels, merge, discard, order, cost (1, 3, 4, 13, 14) |
-//! | `hook.rs` | hook kinds, labels, return types, panic isolation (6) |
-//! | `register.rs` | registration and the outside-a-transaction policy (1, 2) |
-//! | `testing.rs` | test transactions and capture (11, 12) |
-//! | `builder.rs`, `retry.rs` | isolation levels and modes; retrying serialization failures |
-//! | `atomic.rs` | what `#[atomic]` calls: the guard for any connection (7) |
-//! | `atomic_options.rs` | what `#[atomic(isolation = .., retry = ..)]` calls |
-//! | `state.rs` | the levels kept in line with the inner connection, for both wrappers (2, 4, 5.3, 8, 9, 10) |
-//! | `async_connection.rs` | `AsyncHookedConnection` and its delegation of diesel-async's traits |
-//! | `async_transaction.rs` | the async transaction manager; cancellation |
-//! | `async_hook.rs` | async hook kinds; awaiting hooks; hooks left due by a dropped future |
-//! | `async_register.rs`, `async_testing.rs` | registration, test transactions and capture on the async wrapper |
-//! | `async_atomic.rs` | what `#[atomic]` on an `async fn` calls: the guards for any diesel-async connection |
+//! | `rules/queue.rs` | levels, merge, discard, order, capacity (1, 3, 4, 13, 14) |
+//! | `rules/levels.rs` | the levels kept in line with the inner connection; commit, rollback, broken and vanished levels, `Drop` (3, 4, 8, 9, 10) |
+//! | `rules/placement.rs` | where a new hook goes; the outside-a-transaction policy (1, 2, 8, 9) |
+//! | `rules/abort.rs` | the error that aborted a transaction (5.3) |
+//! | `rules/db_status.rs` | what Diesel's status and the database's errors say (5.3, 9, retries) |
+//! | `rules/label.rs`, `rules/failures.rs` | labels; hook errors and panics (6, 14) |
+//! | `rules/baseline.rs`, `rules/capture.rs` | test transactions, capture (11, 12) |
+//! | `hooked/` | the sync wrapper: `connection.rs` (delegation), `manager.rs` (begin, commit, rollback, panic guard: 3, 4, 5, 7), `hooks.rs` (hook kinds, running them: 5.4, 6), `register.rs` (1, 2), `testing.rs` (11, 12) |
+//! | `async_hooked/` | the async wrapper, same file names (A1, A2, C1–C3) |
+//! | `transaction_hooks.rs` | the `TransactionHooks` trait |
+//! | `options/` | transaction options and retries; `backends/` each backend's options |
+//! | `macro_support/` | what the macros call (7, M1–M4) |
+//!
+#![doc = include_str!("../CONTRACT.md")]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations)]
 
 #[cfg(feature = "async")]
-mod async_atomic;
-#[cfg(feature = "async")]
-mod async_connection;
-#[cfg(feature = "async")]
-mod async_hook;
-#[cfg(feature = "async")]
-mod async_register;
-#[cfg(feature = "async")]
-mod async_testing;
-#[cfg(feature = "async")]
-mod async_transaction;
-mod atomic;
-mod atomic_options;
-mod builder;
-mod connection;
-mod hook;
-mod queue;
-mod register;
-mod retry;
-mod state;
-mod testing;
-mod transaction;
+mod async_hooked;
+mod backends;
+mod hooked;
+mod macro_support;
+mod options;
+mod rules;
+mod transaction_hooks;
 
 #[cfg(feature = "async")]
-pub use crate::async_connection::{AsyncHookedConnection, Observed};
+pub use crate::async_hooked::connection::{AsyncHookedConnection, Observed};
 #[cfg(feature = "async")]
-pub use crate::async_testing::AsyncCapturedHooks;
+pub use crate::async_hooked::manager::AsyncHookedTransactionManager;
 #[cfg(feature = "async")]
-pub use crate::async_transaction::AsyncHookedTransactionManager;
-#[doc(hidden)]
-pub use crate::builder::IsolationAndReadMode;
+pub use crate::async_hooked::testing::AsyncCapturedHooks;
 #[cfg(feature = "mysql")]
-pub use crate::builder::MysqlTransactionOptions;
+pub use crate::backends::mysql::MysqlTransactionOptions;
 #[cfg(feature = "postgres")]
-pub use crate::builder::PgTransactionOptions;
+pub use crate::backends::pg::PgTransactionOptions;
 #[cfg(feature = "sqlite")]
-pub use crate::builder::SqliteTransactionMode;
-pub use crate::builder::{BeginStatement, IsolationLevel, NoRetry, TransactionBuilder};
-pub use crate::connection::HookedConnection;
-pub use crate::hook::{AsyncHookFn, HookLabel, HookPanics, HookResult, OutsideTransaction};
-pub use crate::register::TransactionHooks;
-pub use crate::retry::{is_retryable, RetryPolicy, Retryable};
-pub use crate::testing::{Capture, CapturedHooks};
-pub use crate::transaction::HookedTransactionManager;
+pub use crate::backends::sqlite::SqliteTransactionMode;
+pub use crate::hooked::connection::HookedConnection;
+pub use crate::hooked::manager::HookedTransactionManager;
+pub use crate::hooked::testing::CapturedHooks;
+#[doc(hidden)]
+pub use crate::options::builder::IsolationAndReadMode;
+pub use crate::options::builder::{BeginStatement, IsolationLevel, NoRetry, TransactionBuilder};
+pub use crate::options::retry::{RetryPolicy, Retryable};
+pub use crate::rules::capture::Capture;
+pub use crate::rules::db_status::is_retryable;
+pub use crate::rules::failures::{HookPanics, HookResult};
+pub use crate::rules::label::HookLabel;
+pub use crate::rules::placement::OutsideTransaction;
+pub use crate::transaction_hooks::{AsyncHookFn, TransactionHooks};
 
 /// The names most code needs: `use diesel_on_commit::prelude::*;`.
 pub mod prelude {
@@ -87,10 +75,11 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     #[cfg(feature = "async")]
-    pub use crate::async_atomic::*;
-    pub use crate::atomic::{atomic, AtomicReturn};
-    pub use crate::atomic_options::*;
-    pub use crate::register::AsyncTransactionHooks;
+    pub use crate::macro_support::async_atomic::*;
+    pub use crate::macro_support::atomic::{atomic, AtomicReturn};
+    pub use crate::macro_support::atomic_options::*;
+    pub use crate::macro_support::path_hook::{on_commit_path, NoArg, PathHook, WithConn};
+    pub use crate::transaction_hooks::AsyncTransactionHooks;
     pub use diesel;
     #[cfg(feature = "async")]
     pub use diesel_async;

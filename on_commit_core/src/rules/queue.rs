@@ -1,5 +1,5 @@
 //! The hook queue: levels, merge on release, discard on rollback, order
-//! (SPEC rules 1, 3, 4, 13, 14).
+//! (rules 1, 3, 4, 13, 14).
 //!
 //! All queued hooks live in one `Vec`, in registration order. A hook
 //! registered at user depth `d` belongs to level `d`; because a level can only
@@ -11,9 +11,10 @@
 
 use std::vec::Drain;
 
-use crate::hook::{FirstPanic, HookLabel};
+use crate::rules::failures::FirstPanic;
+use crate::rules::label::HookLabel;
 
-/// What the queue and the shared rules (`state.rs`) need to know of a hook.
+/// What the queue and the level rules (`levels.rs`) need to know of a hook.
 /// The rules (levels, merge, discard, order, rule 2's placement, rule 9) are
 /// written once, for any hook type: the sync wrapper's `Hook<C>` and the
 /// async wrapper's `AsyncHook<C>`.
@@ -31,16 +32,13 @@ pub(crate) trait QueuedHook: Sized {
     fn take(&mut self) -> Self;
     /// The `on_commit`-kind hook this is, or `self` back.
     fn into_commit(self) -> Result<Self::Commit, Self>;
+    /// What the wrapper keeps for the hooks it runs later, beside the
+    /// rules' state: `()` for the sync wrapper, which runs hooks at once.
+    type Later;
     /// Its level rolled back (rule 4): an `on_rollback` hook runs now
-    /// (sync, its panic recorded in `panics`) or is handed back to be run
-    /// later, in order (async); any other hook is dropped.
-    fn rolled_back(self, label: &HookLabel, panics: &mut FirstPanic) -> Option<Self>;
-    /// Hooks that were due when their wrapper went away: they run on a task
-    /// or are reported, never inside `Drop` (async). The sync wrapper never
-    /// leaves any.
-    fn orphaned(due: Vec<Entry<Self>>, why: &'static str) {
-        debug_assert!(due.is_empty(), "{why}");
-    }
+    /// (sync, its panic recorded in `panics`) or is handed to `later` to be
+    /// run afterwards, in order (async); any other hook is dropped.
+    fn rolled_back(entry: Entry<Self>, later: &mut Self::Later, panics: &mut FirstPanic);
 }
 
 /// A hook and its label, as queued.

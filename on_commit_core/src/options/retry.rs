@@ -13,9 +13,11 @@ use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
 
 use diesel::connection::Connection;
-use diesel::result::{DatabaseErrorKind, Error};
+use diesel::result::Error;
 
-use crate::HookedConnection;
+use crate::rules::db_status::is_retryable;
+
+use crate::hooked::connection::HookedConnection;
 
 /// How often and how patiently a transaction is retried.
 ///
@@ -118,27 +120,6 @@ impl Retryable for Box<dyn std::error::Error + Send + Sync> {
 impl Retryable for Box<dyn std::error::Error> {
     fn diesel_error(&self) -> Option<&Error> {
         self.downcast_ref::<Error>()
-    }
-}
-
-/// Whether `error` is worth retrying the whole transaction for:
-/// serialization failures and deadlocks on PostgreSQL (SQLSTATE 40001,
-/// 40P01) and MySQL (1213, 1205), `SQLITE_BUSY`/locked on SQLite; nothing
-/// else.
-pub fn is_retryable(error: &Error) -> bool {
-    match error {
-        Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => true,
-        Error::DatabaseError(_, info) => {
-            // Diesel maps these codes to `Unknown`; their messages are fixed
-            // by the servers.
-            let m = info.message();
-            m.contains("deadlock detected") // PostgreSQL 40P01
-                || m.contains("Deadlock found") // MySQL 1213
-                || m.contains("Lock wait timeout exceeded") // MySQL 1205
-                || m.contains("database is locked") // SQLITE_BUSY
-                || m.contains("database table is locked") // SQLITE_LOCKED
-        }
-        _ => false,
     }
 }
 

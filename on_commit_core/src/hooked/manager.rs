@@ -1,6 +1,6 @@
-//! The transaction manager: begin, commit, rollback, the panic guard, and
-//! keeping the wrapper's levels in line with the inner connection (SPEC
-//! rules 3, 4, 5, 7, 8, 9).
+//! The sync wrapper's transaction manager: begin, commit, rollback, the
+//! panic guard, and keeping the wrapper's levels in line with the inner
+//! connection (rules 3, 4, 5, 7, 8, 9).
 //!
 //! `HookedTransactionManager<C>` delegates every step to `C`'s own manager and
 //! then reads the inner depth back: Diesel's connections change their status
@@ -13,11 +13,10 @@ use std::panic::{self, AssertUnwindSafe};
 use diesel::connection::{Connection, TransactionManager, TransactionManagerStatus};
 use diesel::result::{Error, QueryResult};
 
-use crate::connection::HookedConnection;
-use crate::hook::{self, CommitHook, FirstPanic, Hook, HookLabel};
-use crate::state::{depth_of, DepthCheck};
-
-type Inner<C> = <C as Connection>::TransactionManager;
+use crate::hooked::connection::{HookedConnection, Inner};
+use crate::hooked::hooks::Hook;
+use crate::rules::db_status::depth_of;
+use crate::rules::levels::{Counter, DepthCheck, Raised};
 
 /// The transaction manager of [`HookedConnection<C>`]: `C`'s own manager plus
 /// the hook rules. You do not use it directly; `transaction()`,
@@ -30,85 +29,6 @@ pub struct HookedTransactionManager<C>(PhantomData<C>);
 impl<C> std::fmt::Debug for HookedTransactionManager<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("HookedTransactionManager")
-    }
-}
-
-/// The inner connection's depth, or `None` when its manager is in error.
-#[inline]
-pub(crate) fn real_depth<C: Connection>(inner: &mut C) -> Option<u32> {
-    depth_of(Inner::<C>::transaction_manager_status_mut(inner))
-}
-
-impl<C: Connection> HookedConnection<C> {
-    /// Brings the wrapper's levels in line with the inner connection (rules
-    /// 8 and 9); called at every step. See [`HookState::sync`].
-    #[inline]
-    pub(crate) fn sync(&mut self) -> DepthCheck {
-        self.state
-            .sync(|| Inner::<C>::transaction_manager_status_mut(&mut self.inner))
-    }
-
-    /// User depth `d`: the inner depth minus the test-transaction baseline.
-    #[inline]
-    pub(crate) fn user_depth(&mut self) -> u32 {
-        self.state
-            .user_depth(Inner::<C>::transaction_manager_status_mut(&mut self.inner))
-    }
-
-    /// Runs one `on_commit`-kind hook now, or hands it to the open capture
-    /// (rule 12).
-    #[inline]
-    pub(crate) fn dispatch_commit_hook(
-        &mut self,
-        hook: CommitHook<C>,
-        label: HookLabel,
-        panics: &mut FirstPanic,
-    ) {
-        if let Some(hook) = self.state.through_capture(label, hook) {
-            hook::run_commit_hook(self, hook, &label, panics);
-        }
-    }
-
-    /// Runs a batch of `on_commit`-kind hooks at `d == 0`, in order; their
-    /// own registrations run at once (rule 2's exemption). Returns the first
-    /// panic, for the caller to resume (or log) once it has tidied up.
-    pub(crate) fn run_commit_hooks<I>(&mut self, hooks: I) -> FirstPanic
-    where
-        I: IntoIterator<Item = (HookLabel, CommitHook<C>)>,
-    {
-        let mut panics = FirstPanic::new();
-        self.state.running_commit_hooks += 1;
-        for (label, hook) in hooks {
-            self.dispatch_commit_hook(hook, label, &mut panics);
-        }
-        self.state.running_commit_hooks -= 1;
-        panics
-    }
-
-    /// The outermost COMMIT succeeded (rule 5.4).
-    #[inline]
-    fn fire_commit_hooks(&mut self) {
-        self.state.abort_cause = None;
-        if self.state.queue.is_empty() {
-            self.state.queue.release_idle_capacity();
-            return;
-        }
-        let mut spent = self.state.queue.take_all();
-        let fired = spent.len();
-        let mut panics = FirstPanic::new();
-        self.state.running_commit_hooks += 1;
-        for entry in spent.drain(..) {
-            if let Hook::Commit(hook) = entry.hook {
-                self.dispatch_commit_hook(hook, entry.label, &mut panics);
-            }
-        }
-        self.state.running_commit_hooks -= 1;
-        self.state.queue.recycle(spent, fired);
-        panics.finish(
-            self.state.hook_panics,
-            false,
-            "after COMMIT; the transaction is committed",
-        );
     }
 }
 
@@ -127,9 +47,11 @@ impl<C: Connection> HookedTransactionManager<C> {
         E: From<Error>,
     {
         begin(conn)?;
-        let level = conn.state.levels;
+        let level = conn.state.levels();
         match panic::catch_unwind(AssertUnwindSafe(|| callback(&mut *conn))) {
-            Ok(Ok(_)) if conn.sync() != DepthCheck::Broken && conn.state.levels < level => {
+            Ok(Ok(_))
+                if conn.check_levels() != DepthCheck::Broken && conn.state.levels() < level =>
+            {
                 // The level is already gone: the database rolled it back
                 // after a failed statement the body swallowed (its hooks
                 // were handled then), or it was closed behind our back.
@@ -147,11 +69,11 @@ impl<C: Connection> HookedTransactionManager<C> {
                 Err(rollback_error) => Err(rollback_error.into()),
             },
             Err(payload) => {
-                conn.state.unwinding += 1;
-                if let Err(e) = Self::roll_back_level(conn, level) {
+                let mut conn = Raised::new(conn, Counter::Unwinding);
+                if let Err(e) = Self::roll_back_level(&mut conn, level) {
                     tracing::error!("rollback after a panic in the transaction body failed: {e}");
                 }
-                conn.state.unwinding -= 1;
+                drop(conn);
                 panic::resume_unwind(payload)
             }
         }
@@ -163,7 +85,7 @@ impl<C: Connection> HookedTransactionManager<C> {
         conn: &mut HookedConnection<C>,
         begin_inner: impl FnOnce(&mut C) -> QueryResult<()>,
     ) -> QueryResult<()> {
-        conn.sync();
+        conn.check_levels();
         conn.state.touched();
         let result = begin_inner(&mut conn.inner);
         conn.state.observe_step(&result);
@@ -177,7 +99,7 @@ impl<C: Connection> HookedTransactionManager<C> {
     /// the transaction is rolled back and the error returned (panic resumed).
     fn run_before_commit(conn: &mut HookedConnection<C>) -> QueryResult<()> {
         let mut cursor = 0;
-        while let Some(entry) = conn.state.queue.next_before_commit(&mut cursor) {
+        while let Some(entry) = conn.state.next_before_commit(&mut cursor) {
             let Hook::BeforeCommit(f) = entry.hook else {
                 unreachable!("next_before_commit returns before_commit hooks")
             };
@@ -185,14 +107,15 @@ impl<C: Connection> HookedTransactionManager<C> {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => {
                     tracing::debug!(hook = %entry.label, "before_commit hook failed: {error}; rolling back");
-                    let _ = Self::roll_back_level(conn, conn.state.levels);
+                    let _ = Self::roll_back_level(conn, conn.state.levels());
                     return Err(error);
                 }
                 Err(payload) => {
                     tracing::error!(hook = %entry.label, "before_commit hook panicked; rolling back");
-                    conn.state.unwinding += 1;
-                    let _ = Self::roll_back_level(conn, conn.state.levels);
-                    conn.state.unwinding -= 1;
+                    let mut conn = Raised::new(conn, Counter::Unwinding);
+                    let level = conn.state.levels();
+                    let _ = Self::roll_back_level(&mut conn, level);
+                    drop(conn);
                     panic::resume_unwind(payload);
                 }
             }
@@ -207,7 +130,7 @@ impl<C: Connection> HookedTransactionManager<C> {
         tracing::debug!(
             "transaction aborted by an earlier error; rolling back instead of committing: {error}"
         );
-        let _ = Self::roll_back_level(conn, conn.state.levels);
+        let _ = Self::roll_back_level(conn, conn.state.levels());
         error
     }
 
@@ -215,13 +138,13 @@ impl<C: Connection> HookedTransactionManager<C> {
     /// have left inner levels open). Returns the first error.
     pub(crate) fn roll_back_level(conn: &mut HookedConnection<C>, level: u32) -> QueryResult<()> {
         let mut result = Ok(());
-        while conn.state.levels >= level && level >= 1 {
-            let before = conn.state.levels;
+        while conn.state.levels() >= level && level >= 1 {
+            let before = conn.state.levels();
             let r = Self::rollback_transaction(conn);
             if result.is_ok() {
                 result = r;
             }
-            if conn.state.levels >= before {
+            if conn.state.levels() >= before {
                 break; // no progress: the connection is broken; sync reports it
             }
         }
@@ -244,12 +167,12 @@ impl<C: Connection> TransactionManager<HookedConnection<C>> for HookedTransactio
     /// ROLLBACK succeeded or failed (the level is gone either way). A level
     /// the wrapper did not open is only delegated.
     fn rollback_transaction(conn: &mut HookedConnection<C>) -> QueryResult<()> {
-        if conn.sync() != DepthCheck::Matches || conn.state.levels == 0 {
+        if conn.check_levels() != DepthCheck::Matches || conn.state.levels() == 0 {
             conn.state.touched();
             return Inner::<C>::rollback_transaction(&mut conn.inner);
         }
-        let level = conn.state.levels;
-        let before = real_depth(&mut conn.inner).unwrap_or(0);
+        let level = conn.state.levels();
+        let before = depth_of(conn.inner_status()).unwrap_or(0);
         conn.state.touched();
         let result = Inner::<C>::rollback_transaction(&mut conn.inner);
         conn.state.observe_step(&result);
@@ -270,8 +193,8 @@ impl<C: Connection> TransactionManager<HookedConnection<C>> for HookedTransactio
     /// * A failed COMMIT or RELEASE that closed the level counts as a
     ///   rollback (rule 4); one that left it open leaves it to the caller.
     fn commit_transaction(conn: &mut HookedConnection<C>) -> QueryResult<()> {
-        match conn.sync() {
-            DepthCheck::Matches if conn.state.levels > 0 => {}
+        match conn.check_levels() {
+            DepthCheck::Matches if conn.state.levels() > 0 => {}
             DepthCheck::Broken => {
                 // Its hooks were handled as a rollback (rule 9): nothing may
                 // commit now. Roll back as far as the connection allows.
@@ -285,21 +208,21 @@ impl<C: Connection> TransactionManager<HookedConnection<C>> for HookedTransactio
                 return Inner::<C>::commit_transaction(&mut conn.inner);
             }
         }
-        let level = conn.state.levels;
+        let level = conn.state.levels();
         if level == 1 {
             Self::run_before_commit(conn)?;
-            if conn.state.levels != 1 || conn.sync() != DepthCheck::Matches {
+            if conn.state.levels() != 1 || conn.check_levels() != DepthCheck::Matches {
                 // A before_commit hook closed the transaction itself.
                 return Err(Error::NotInTransaction);
             }
         }
-        if conn
-            .state
-            .aborted(Inner::<C>::transaction_manager_status_mut(&mut conn.inner))
-        {
+        if conn.state.aborted(
+            Inner::<C>::transaction_manager_status_mut(&mut conn.inner),
+            false,
+        ) {
             return Err(Self::roll_back_aborted(conn));
         }
-        let before = real_depth(&mut conn.inner).unwrap_or(0);
+        let before = depth_of(conn.inner_status()).unwrap_or(0);
         conn.state.touched();
         let result = Inner::<C>::commit_transaction(&mut conn.inner);
         conn.state.observe_step(&result);
@@ -332,6 +255,6 @@ impl<C: Connection> TransactionManager<HookedConnection<C>> for HookedTransactio
     }
 
     fn is_broken_transaction_manager(conn: &mut HookedConnection<C>) -> bool {
-        conn.state.lost || Inner::<C>::is_broken_transaction_manager(&mut conn.inner)
+        conn.state.lost() || Inner::<C>::is_broken_transaction_manager(&mut conn.inner)
     }
 }

@@ -1,9 +1,9 @@
 //! The async transaction manager: begin, commit, rollback, the panic guard,
-//! and cancellation (SPEC rules 3, 4, 5, 7, 9 and the async rules).
+//! and cancellation (rules 3, 4, 5, 7, 9, A1, C1–C3).
 //!
 //! `AsyncHookedTransactionManager<C>` awaits `C`'s own manager for every step
 //! and then reads the inner depth back, as the sync manager does; the level
-//! bookkeeping is the shared `HookState` (`state.rs`). What is particular to
+//! bookkeeping is the shared `HookState` (`rules/levels.rs`). What is particular to
 //! async: hooks are awaited after the step (`HookRun`), and a step whose
 //! future is dropped before it finished marks the connection broken.
 
@@ -14,13 +14,12 @@ use std::pin::pin;
 use diesel::result::{Error, QueryResult};
 use diesel_async::{AsyncConnection, TransactionManager};
 
-use crate::async_connection::AsyncHookedConnection;
-use crate::async_hook::{AsyncHook, CatchUnwind, HookRun};
-use crate::hook::AsyncHookFn;
-use crate::hook::FirstPanic;
-use crate::state::{depth_of, DepthCheck};
-
-type Inner<C> = <C as AsyncConnection>::TransactionManager;
+use crate::async_hooked::connection::{AsyncHookedConnection, Inner};
+use crate::async_hooked::hooks::{AsyncHook, CatchUnwind, HookRun};
+use crate::async_hooked::later::Orphan;
+use crate::rules::failures::FirstPanic;
+use crate::rules::levels::{Counter, DepthCheck, Raised};
+use crate::transaction_hooks::AsyncHookFn;
 
 /// The transaction manager of [`AsyncHookedConnection<C>`]: `C`'s own
 /// manager plus the hook rules. You do not use it directly;
@@ -59,7 +58,7 @@ const ABANDONED: &str = "the caller's future was dropped before the transaction 
 
 impl<'a, C: AsyncConnection> InFlight<'a, C> {
     fn new(conn: &'a mut AsyncHookedConnection<C>, level: u32, what: &'static str) -> Self {
-        conn.live += 1;
+        conn.state.later().live += 1;
         Self {
             conn,
             level,
@@ -72,7 +71,7 @@ impl<'a, C: AsyncConnection> InFlight<'a, C> {
     fn abandon(&mut self) {
         let conn = &mut *self.conn;
         tracing::warn!(
-            levels = conn.state.levels,
+            levels = conn.state.levels(),
             "{}: the transaction is abandoned (not committed, or a COMMIT whose outcome is \
              unknown) and the connection is marked broken",
             self.what
@@ -84,7 +83,7 @@ impl<'a, C: AsyncConnection> InFlight<'a, C> {
             Inner::<C>::transaction_manager_status_mut(inner).set_in_error()
         }));
         if marked.is_err() {
-            conn.state.lost = true;
+            conn.state.mark_lost();
         }
         conn.state.touched();
         conn.state.connection_broken();
@@ -93,73 +92,56 @@ impl<'a, C: AsyncConnection> InFlight<'a, C> {
 
 impl<C: AsyncConnection> Drop for InFlight<'_, C> {
     fn drop(&mut self) {
-        if self.armed && self.conn.state.levels >= self.level {
+        if self.armed && self.conn.state.levels() >= self.level {
             self.abandon();
         }
         let conn = &mut *self.conn;
-        if conn.live == 1 && !conn.state.due.is_empty() {
+        if conn.state.later().live == 1 && !conn.state.later().due.is_empty() {
             // No enclosing future is left to await them.
-            let due = conn.state.take_due();
-            conn.orphans
-                .extend(due.into_iter().map(|e| (e.label, e.hook, ABANDONED)));
+            let later = conn.state.later();
+            let due = std::mem::take(&mut later.due);
+            later.orphans.extend(due.into_iter().map(|e| Orphan {
+                label: e.label,
+                hook: e.hook,
+                why: ABANDONED,
+            }));
         }
         conn.leave_guard();
     }
 }
 
-/// `unwinding` raised while a panic of the body is handled; lowered when
-/// this goes, also if the future is dropped meanwhile.
-struct Unwinding<'a, C: AsyncConnection> {
-    conn: &'a mut AsyncHookedConnection<C>,
-}
-
-impl<'a, C: AsyncConnection> Unwinding<'a, C> {
-    fn new(conn: &'a mut AsyncHookedConnection<C>) -> Self {
-        conn.state.unwinding += 1;
-        Self { conn }
-    }
-}
-
-impl<C: AsyncConnection> Drop for Unwinding<'_, C> {
-    fn drop(&mut self) {
-        self.conn.state.unwinding -= 1;
-    }
-}
-
 impl<C: AsyncConnection> AsyncHookedConnection<C> {
-    /// Brings the wrapper's levels in line with the inner connection (rules
-    /// 8 and 9). See `HookState::sync`.
-    #[inline]
-    pub(crate) fn sync(&mut self) -> DepthCheck {
-        self.state
-            .sync(|| Inner::<C>::transaction_manager_status_mut(&mut self.inner))
-    }
-
-    /// User depth `d`: the inner depth minus the test-transaction baseline.
-    #[inline]
-    pub(crate) fn user_depth(&mut self) -> u32 {
-        self.state
-            .user_depth(Inner::<C>::transaction_manager_status_mut(&mut self.inner))
-    }
-
-    fn depth(&mut self) -> u32 {
-        depth_of(Inner::<C>::transaction_manager_status_mut(&mut self.inner)).unwrap_or(0)
+    /// Runs `body` in a transaction: diesel-async's `transaction`, with the
+    /// hook rules of the contract (see [`HookedConnection::transaction`](crate::HookedConnection::transaction)),
+    /// a panic guard (a panic in `body` rolls the level back and is resumed),
+    /// and the cancellation rules of [`AsyncHookedConnection`].
+    ///
+    /// **A panic out of `transaction` does not always mean a rollback**: under
+    /// [`HookPanics::Resume`](crate::HookPanics::Resume), a panic of an
+    /// `on_commit` hook is resumed after COMMIT succeeded and the other hooks
+    /// ran.
+    pub async fn transaction<R, E, F>(&mut self, body: F) -> Result<R, E>
+    where
+        F: for<'r> AsyncHookFn<&'r mut Self, Result<R, E>>,
+        E: From<diesel::result::Error>,
+    {
+        AsyncHookedTransactionManager::run(self, body).await
     }
 
     /// Awaits the hooks that became due (the `on_rollback` hooks of levels
     /// that rolled back), in registration order.
     #[inline]
     pub(crate) async fn run_due(&mut self) {
-        if !self.state.due.is_empty() {
+        if !self.state.later().due.is_empty() {
             self.run_due_now().await;
         }
     }
 
     #[cold]
     async fn run_due_now(&mut self) {
-        let due = self.state.take_due();
-        let policy = self.state.hook_panics;
-        let never_resume = self.state.unwinding > 0;
+        let due = std::mem::take(&mut self.state.later().due);
+        let policy = self.state.hook_panics();
+        let never_resume = self.state.unwinding();
         let (panics, _) = HookRun::new(self, due, false, DROPPED_AFTER_ROLLBACK)
             .run()
             .await;
@@ -169,19 +151,16 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     /// The outermost COMMIT succeeded (rule 5.4): the `on_commit`-kind hooks
     /// are awaited in registration order, at `d == 0`.
     async fn fire_commit_hooks(&mut self) {
-        self.state.abort_cause = None;
-        if self.state.queue.is_empty() {
-            self.state.queue.release_idle_capacity();
-            return;
-        }
-        let hooks = self.state.queue.take_all();
+        let Some(hooks) = self.state.committed() else {
+            return; // no hook: nothing to run, nothing allocated
+        };
         let fired = hooks.len();
         let (panics, spent) = HookRun::new(self, hooks, true, DROPPED_AFTER_COMMIT)
             .run()
             .await;
-        self.state.queue.recycle(spent, fired);
+        self.state.recycle(spent, fired);
         panics.finish(
-            self.state.hook_panics,
+            self.state.hook_panics(),
             false,
             "after COMMIT; the transaction is committed",
         );
@@ -190,7 +169,7 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     /// Runs a batch of `on_commit`-kind hooks at `d == 0` (a capture's).
     pub(crate) async fn run_commit_hooks(
         &mut self,
-        hooks: Vec<crate::queue::Entry<AsyncHook<C>>>,
+        hooks: Vec<crate::rules::queue::Entry<AsyncHook<C>>>,
     ) -> FirstPanic {
         let (panics, _) = HookRun::new(self, hooks, true, DROPPED_AFTER_COMMIT)
             .run()
@@ -211,7 +190,7 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
         E: From<Error>,
     {
         Self::begin(conn).await?;
-        let level = conn.state.levels;
+        let level = conn.state.levels();
         let mut guard = InFlight::new(
             conn,
             level,
@@ -220,7 +199,9 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
         let outcome = CatchUnwind::new(pin!(callback(&mut *guard.conn))).await;
         let conn = &mut *guard.conn;
         let result = match outcome {
-            Ok(Ok(_)) if conn.sync() != DepthCheck::Broken && conn.state.levels < level => {
+            Ok(Ok(_))
+                if conn.check_levels() != DepthCheck::Broken && conn.state.levels() < level =>
+            {
                 // The level is already gone: the database rolled it back
                 // after a failed statement the body swallowed, or it was
                 // closed behind our back.
@@ -248,11 +229,11 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
                 }
             }
             Err(payload) => {
-                let unwinding = Unwinding::new(conn);
-                if let Err(e) = Self::roll_back_level(&mut *unwinding.conn, level).await {
+                let mut unwinding = Raised::new(conn, Counter::Unwinding);
+                if let Err(e) = Self::roll_back_level(&mut *unwinding, level).await {
                     tracing::error!("rollback after a panic in the transaction body failed: {e}");
                 }
-                unwinding.conn.run_due().await;
+                unwinding.run_due().await;
                 drop(unwinding);
                 guard.armed = false;
                 panic::resume_unwind(payload)
@@ -265,7 +246,7 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
     /// Opens a level; the wrapper's level count follows only if it
     /// succeeded.
     async fn begin(conn: &mut AsyncHookedConnection<C>) -> QueryResult<()> {
-        conn.sync();
+        conn.check_levels();
         conn.run_due().await;
         conn.state.touched();
         let mut step = InFlight::new(conn, 0, "the future of a BEGIN was dropped while it ran");
@@ -283,7 +264,7 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
     /// resumed).
     async fn run_before_commit(conn: &mut AsyncHookedConnection<C>) -> QueryResult<()> {
         let mut cursor = 0;
-        while let Some(entry) = conn.state.queue.next_before_commit(&mut cursor) {
+        while let Some(entry) = conn.state.next_before_commit(&mut cursor) {
             let AsyncHook::BeforeCommit(f) = entry.hook else {
                 unreachable!("next_before_commit returns before_commit hooks")
             };
@@ -291,15 +272,15 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => {
                     tracing::debug!(hook = %entry.label, "before_commit hook failed: {error}; rolling back");
-                    let _ = Self::roll_back_level(conn, conn.state.levels).await;
+                    let _ = Self::roll_back_level(conn, conn.state.levels()).await;
                     return Err(error);
                 }
                 Err(payload) => {
                     tracing::error!(hook = %entry.label, "before_commit hook panicked; rolling back");
-                    let level = conn.state.levels;
-                    let unwinding = Unwinding::new(conn);
-                    let _ = Self::roll_back_level(&mut *unwinding.conn, level).await;
-                    unwinding.conn.run_due().await;
+                    let level = conn.state.levels();
+                    let mut unwinding = Raised::new(conn, Counter::Unwinding);
+                    let _ = Self::roll_back_level(&mut *unwinding, level).await;
+                    unwinding.run_due().await;
                     drop(unwinding);
                     panic::resume_unwind(payload);
                 }
@@ -315,13 +296,13 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
         level: u32,
     ) -> QueryResult<()> {
         let mut result = Ok(());
-        while conn.state.levels >= level && level >= 1 {
-            let before = conn.state.levels;
+        while conn.state.levels() >= level && level >= 1 {
+            let before = conn.state.levels();
             let r = Self::rollback(conn).await;
             if result.is_ok() {
                 result = r;
             }
-            if conn.state.levels >= before {
+            if conn.state.levels() >= before {
                 break; // no progress: the connection is broken; sync reports it
             }
         }
@@ -333,12 +314,12 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
     /// whether the ROLLBACK succeeded or failed (the level is gone either
     /// way). A level the wrapper did not open is only delegated.
     async fn rollback(conn: &mut AsyncHookedConnection<C>) -> QueryResult<()> {
-        if conn.sync() != DepthCheck::Matches || conn.state.levels == 0 {
+        if conn.check_levels() != DepthCheck::Matches || conn.state.levels() == 0 {
             conn.run_due().await;
             conn.state.touched();
             return Inner::<C>::rollback_transaction(&mut conn.inner).await;
         }
-        let level = conn.state.levels;
+        let level = conn.state.levels();
         let before = conn.depth();
         conn.state.touched();
         let mut step = InFlight::new(conn, 0, "the future of a ROLLBACK was dropped while it ran");
@@ -355,8 +336,8 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
     /// Commits the innermost level: as the sync manager's
     /// `commit_transaction` (rules 3, 5), with the hooks awaited.
     async fn commit(conn: &mut AsyncHookedConnection<C>) -> QueryResult<()> {
-        match conn.sync() {
-            DepthCheck::Matches if conn.state.levels > 0 => {}
+        match conn.check_levels() {
+            DepthCheck::Matches if conn.state.levels() > 0 => {}
             DepthCheck::Broken => {
                 // Its hooks were handled as a rollback (rule 9): nothing may
                 // commit now. Roll back as far as the connection allows.
@@ -374,25 +355,26 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
             }
         }
         conn.run_due().await;
-        let level = conn.state.levels;
+        let level = conn.state.levels();
         if level == 1 {
             Self::run_before_commit(conn).await?;
-            if conn.state.levels != 1 || conn.sync() != DepthCheck::Matches {
+            if conn.state.levels() != 1 || conn.check_levels() != DepthCheck::Matches {
                 // A before_commit hook closed the transaction itself.
                 conn.run_due().await;
                 return Err(Error::NotInTransaction);
             }
         }
-        if conn
-            .state
-            .aborted(Inner::<C>::transaction_manager_status_mut(&mut conn.inner))
-        {
+        let every_error_aborts = conn.state.later().every_error_aborts;
+        if conn.state.aborted(
+            Inner::<C>::transaction_manager_status_mut(&mut conn.inner),
+            every_error_aborts,
+        ) {
             // Rule 5.3: roll back and return the error that aborted it.
             let error = conn.state.take_abort_error();
             tracing::debug!(
                 "transaction aborted by an earlier error; rolling back instead of committing: {error}"
             );
-            let _ = Self::roll_back_level(conn, conn.state.levels).await;
+            let _ = Self::roll_back_level(conn, conn.state.levels()).await;
             return Err(error);
         }
         let before = conn.depth();
@@ -473,6 +455,6 @@ impl<C: AsyncConnection> TransactionManager<AsyncHookedConnection<C>>
     }
 
     fn is_broken_transaction_manager(conn: &mut AsyncHookedConnection<C>) -> bool {
-        conn.state.lost || Inner::<C>::is_broken_transaction_manager(&mut conn.inner)
+        conn.state.lost() || Inner::<C>::is_broken_transaction_manager(&mut conn.inner)
     }
 }

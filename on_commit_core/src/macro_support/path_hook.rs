@@ -4,7 +4,8 @@
 //! `on_commit_with` hook. The marker type parameter lets the compiler pick the
 //! one impl whose `Fn` bound holds, as axum's handlers do.
 
-use on_commit_core::{HookResult, TransactionHooks};
+use crate::rules::failures::HookResult;
+use crate::transaction_hooks::TransactionHooks;
 
 /// Marker: the hook takes nothing.
 #[derive(Debug)]

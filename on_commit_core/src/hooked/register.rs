@@ -1,126 +1,20 @@
-//! Registering hooks: the five methods, the `TransactionHooks` trait, and
-//! what happens outside a transaction (SPEC rules 1, 2, 8, 9).
+//! Registering hooks on the sync wrapper: the five methods and the
+//! `TransactionHooks` implementation (rules 1, 2, 8, 9; where a hook goes is
+//! decided in `rules/placement.rs`).
 
 use std::any::type_name;
-use std::future::Future;
 use std::panic::Location;
 
 use diesel::connection::Connection;
 use diesel::result::QueryResult;
 
-use crate::connection::HookedConnection;
-use crate::hook::{self, AsyncHookFn, CommitHook, Hook, HookLabel, HookResult};
-use crate::queue::Entry;
-use crate::state::DepthCheck;
-
-/// Registering transaction hooks, for code that is generic over the
-/// connection wrapper (`HookedConnection<C>`, and later the async one).
-///
-/// Macros call it by its full path, never by method syntax: Diesel's next
-/// release adds `SqliteConnection::on_commit`/`on_rollback`, SQLite's own
-/// connection-wide commit hooks, which are not these.
-///
-/// ```
-/// use diesel::prelude::*;
-/// use diesel_on_commit::{HookedConnection, TransactionHooks};
-///
-/// fn schedule_reindex<C: TransactionHooks>(conn: &mut C, id: i32) {
-///     conn.on_commit(move || println!("reindex product {id}"));
-/// }
-///
-/// let mut conn = HookedConnection::new(SqliteConnection::establish(":memory:")?);
-/// conn.transaction::<_, diesel::result::Error, _>(|conn| {
-///     schedule_reindex(conn, 7);
-///     Ok(())
-/// })?;
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot register transaction hooks: it is not a `HookedConnection`",
-    label = "a plain Diesel connection or a pool guard",
-    note = "wrap the connection: `type DbConn = HookedConnection<PgConnection>;` then `HookedConnection::new(conn)` or `DbConn::establish(url)`",
-    note = "from a pool of `HookedConnection`s, take `let conn: &mut DbConn = &mut pooled;`"
-)]
-pub trait TransactionHooks {
-    /// Runs `f` after the outermost COMMIT succeeded; discarded on rollback.
-    /// Outside a transaction the connection's [`OutsideTransaction`](crate::OutsideTransaction) policy
-    /// decides. See [`HookedConnection::on_commit`].
-    #[track_caller]
-    fn on_commit<F, R>(&mut self, f: F)
-    where
-        F: FnOnce() -> R + Send + 'static,
-        R: HookResult;
-
-    /// As [`on_commit`](TransactionHooks::on_commit), but a panic in `f` is
-    /// caught and logged and never resumed.
-    #[track_caller]
-    fn on_commit_robust<F, R>(&mut self, f: F)
-    where
-        F: FnOnce() -> R + Send + 'static,
-        R: HookResult;
-
-    /// Runs `f` after the level it was registered in (or an enclosing one)
-    /// rolled back. See [`HookedConnection::on_rollback`].
-    #[track_caller]
-    fn on_rollback<F, R>(&mut self, f: F)
-    where
-        F: FnOnce() -> R + Send + 'static,
-        R: HookResult;
-
-    /// Whether a user transaction is open (`d >= 1`; a test transaction
-    /// alone does not count).
-    fn in_transaction(&mut self) -> bool;
-
-    /// `on_commit` with the label text given (for `on_commit!`).
-    #[doc(hidden)]
-    #[track_caller]
-    fn __on_commit_labeled<F, R>(&mut self, text: &'static str, f: F)
-    where
-        F: FnOnce() -> R + Send + 'static,
-        R: HookResult;
-
-    /// `on_commit_robust` with the label text given (for `on_commit!`).
-    #[doc(hidden)]
-    #[track_caller]
-    fn __on_commit_robust_labeled<F, R>(&mut self, text: &'static str, f: F)
-    where
-        F: FnOnce() -> R + Send + 'static,
-        R: HookResult;
-
-    /// `on_commit_with` with the label text given (for `on_commit!`).
-    #[doc(hidden)]
-    #[track_caller]
-    fn __on_commit_with_labeled<F, R>(&mut self, text: &'static str, f: F)
-    where
-        F: FnOnce(&mut Self) -> R + Send + 'static,
-        R: HookResult;
-}
-
-/// Registering async hooks, for `on_commit!` with `.await` in its hook, an
-/// `async` block, or an async closure: implemented by
-/// `AsyncHookedConnection` (feature `async`). Not public API.
-#[doc(hidden)]
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot run async hooks: an `on_commit!` hook with `.await`, an `async` block or an `async` closure needs an `AsyncHookedConnection` (diesel-on-commit's feature `async`)",
-    label = "not an `AsyncHookedConnection`",
-    note = "with a diesel-async connection, wrap it: `type DbConn = AsyncHookedConnection<AsyncPgConnection>;`",
-    note = "on a sync `HookedConnection`, register a sync hook that hands the work to your runtime: `on_commit!(conn, drop(tokio::spawn(async move {{ .. }})))`"
-)]
-pub trait AsyncTransactionHooks {
-    /// `on_commit_async` with the label text given.
-    #[track_caller]
-    fn __on_commit_async_labeled<Fut, R>(&mut self, text: &'static str, future: Fut)
-    where
-        Fut: Future<Output = R> + Send + 'static,
-        R: HookResult + 'static;
-
-    /// `on_commit_with` with an async closure and the label text given.
-    #[track_caller]
-    fn __on_commit_with_async_labeled<F, R>(&mut self, text: &'static str, f: F)
-    where
-        F: for<'c> AsyncHookFn<&'c mut Self, R, Fut: Send> + Send + 'static,
-        R: HookResult + 'static;
-}
+use crate::hooked::connection::HookedConnection;
+use crate::hooked::hooks::{self, CommitHook, Hook};
+use crate::rules::failures::{plain, HookResult, PlainFn};
+use crate::rules::label::HookLabel;
+use crate::rules::levels::DepthCheck;
+use crate::rules::queue::Entry;
+use crate::transaction_hooks::TransactionHooks;
 
 impl<C: Connection> HookedConnection<C> {
     /// Registers `f` to run after the outermost COMMIT succeeds.
@@ -174,7 +68,7 @@ impl<C: Connection> HookedConnection<C> {
         R: HookResult,
     {
         let label = HookLabel::new(Location::caller(), type_name::<F>());
-        self.register_commit(label, CommitHook::Plain(hook::plain(f)));
+        self.register_commit(label, CommitHook::Plain(plain(f)));
     }
 
     /// As [`on_commit`](Self::on_commit), but a panic in `f` is caught,
@@ -186,7 +80,7 @@ impl<C: Connection> HookedConnection<C> {
         R: HookResult,
     {
         let label = HookLabel::new(Location::caller(), type_name::<F>());
-        self.register_commit(label, CommitHook::Robust(hook::plain(f)));
+        self.register_commit(label, CommitHook::Robust(plain(f)));
     }
 
     /// As [`on_commit`](Self::on_commit), and `f` receives the connection,
@@ -216,7 +110,7 @@ impl<C: Connection> HookedConnection<C> {
         R: HookResult,
     {
         let label = HookLabel::new(Location::caller(), type_name::<F>());
-        self.register_commit(label, CommitHook::With(hook::with(f)));
+        self.register_commit(label, CommitHook::With(hooks::with(f)));
     }
 
     /// Registers `f` to run after the level it was registered in, or an
@@ -253,7 +147,7 @@ impl<C: Connection> HookedConnection<C> {
         R: HookResult,
     {
         let label = HookLabel::new(Location::caller(), type_name::<F>());
-        self.register_rollback(label, hook::plain(f));
+        self.register_rollback(label, plain(f));
     }
 
     /// Registers `f` to run inside the transaction, just before the
@@ -295,26 +189,26 @@ impl<C: Connection> HookedConnection<C> {
     pub fn in_transaction(&mut self) -> bool {
         // A broken connection has no transaction the wrapper could use, even
         // where the inner manager still counts one.
-        self.sync() != DepthCheck::Broken && self.user_depth() >= 1
+        self.check_levels() != DepthCheck::Broken && self.user_depth() >= 1
     }
 
     fn register_commit(&mut self, label: HookLabel, hook: CommitHook<C>) {
         self.register(label, Hook::Commit(hook));
     }
 
-    fn register_rollback(&mut self, label: HookLabel, f: hook::PlainFn) {
+    fn register_rollback(&mut self, label: HookLabel, f: PlainFn) {
         self.register(label, Hook::Rollback(f));
     }
 
     /// Queues `hook` at the current level, or applies rules 2, 8, 9 (see
-    /// `HookState::place_slow`): an `on_commit`-kind hook the policy lets
+    /// `HookState::place_outside_level`): an `on_commit`-kind hook the policy lets
     /// run at `d == 0` runs at once.
     #[inline]
     fn register(&mut self, label: HookLabel, hook: Hook<C>) {
-        let check = self.sync();
+        let check = self.check_levels();
         if let Some(level) = self.state.open_level(check) {
-            self.state.queue.push(level, Entry { label, hook });
-        } else if let Some(hook) = self.state.place_slow(check, label, hook) {
+            self.state.queue_at(level, Entry { label, hook });
+        } else if let Some(hook) = self.state.place_outside_level(check, label, hook) {
             self.run_at_once(label, hook);
         }
     }
@@ -324,7 +218,7 @@ impl<C: Connection> HookedConnection<C> {
     fn run_at_once(&mut self, label: HookLabel, hook: CommitHook<C>) {
         let panics = self.run_commit_hooks([(label, hook)]);
         panics.finish(
-            self.state.hook_panics,
+            self.state.hook_panics(),
             false,
             "while running at once outside a transaction",
         );
@@ -373,7 +267,7 @@ impl<C: Connection> TransactionHooks for HookedConnection<C> {
         R: HookResult,
     {
         let label = HookLabel::new(Location::caller(), text);
-        self.register_commit(label, CommitHook::Plain(hook::plain(f)));
+        self.register_commit(label, CommitHook::Plain(plain(f)));
     }
 
     #[track_caller]
@@ -383,7 +277,7 @@ impl<C: Connection> TransactionHooks for HookedConnection<C> {
         R: HookResult,
     {
         let label = HookLabel::new(Location::caller(), text);
-        self.register_commit(label, CommitHook::Robust(hook::plain(f)));
+        self.register_commit(label, CommitHook::Robust(plain(f)));
     }
 
     #[track_caller]
@@ -393,6 +287,6 @@ impl<C: Connection> TransactionHooks for HookedConnection<C> {
         R: HookResult,
     {
         let label = HookLabel::new(Location::caller(), text);
-        self.register_commit(label, CommitHook::With(hook::with(f)));
+        self.register_commit(label, CommitHook::With(hooks::with(f)));
     }
 }

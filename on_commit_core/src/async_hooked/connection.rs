@@ -3,8 +3,8 @@
 //!
 //! Every method here is one line of forwarding, except that the futures of
 //! statements show their result to the hook state (`Observed`), which needs
-//! errors for rules 5.3 and 9. Hook logic lives in `async_transaction.rs`,
-//! `async_register.rs`, `async_testing.rs` and the shared `state.rs`.
+//! errors for rules 5.3 and 9. Hook logic lives in `manager.rs`,
+//! `register.rs`, `testing.rs` and the shared `rules/`.
 
 use std::fmt;
 use std::future::Future;
@@ -19,11 +19,14 @@ use diesel_async::{
     AsyncConnection, AsyncConnectionCore, SimpleAsyncConnection, TransactionManager,
 };
 
-use crate::async_hook::{AsyncHook, Orphan};
-use crate::async_transaction::AsyncHookedTransactionManager;
-use crate::hook::AsyncHookFn;
-use crate::hook::{HookPanics, OutsideTransaction};
-use crate::state::{HookState, Touch};
+use crate::async_hooked::hooks::AsyncHook;
+use crate::async_hooked::later::AsyncLater;
+use crate::async_hooked::manager::AsyncHookedTransactionManager;
+use crate::rules::db_status::depth_of;
+use crate::rules::failures::HookPanics;
+use crate::rules::levels::{DepthCheck, HookState};
+use crate::rules::placement::OutsideTransaction;
+use crate::transaction_hooks::AsyncHookFn;
 
 /// An async Diesel connection (diesel-async 0.9) that runs transaction
 /// hooks: the same contract as [`HookedConnection`](crate::HookedConnection),
@@ -60,31 +63,19 @@ use crate::state::{HookState, Touch};
 pub struct AsyncHookedConnection<C: AsyncConnection> {
     pub(crate) inner: C,
     pub(crate) state: HookState<AsyncHook<C>>,
-    /// How many guards of futures in flight on this connection are alive
-    /// (`InFlight`, `HookRun`): hooks that a dropped future left due are
-    /// collected in `orphans` and handed to one task, in order, when the
-    /// outermost of them goes.
-    pub(crate) live: u32,
-    /// How many `HookRun`s of `on_commit`-kind hooks are alive: an async
-    /// hook registered at `d == 0` then runs after the hook that registered
-    /// it (`state.next`).
-    pub(crate) hook_runs: u32,
-    pub(crate) orphans: Vec<Orphan<C>>,
 }
+
+/// The inner connection's own transaction manager.
+pub(crate) type Inner<C> = <C as AsyncConnection>::TransactionManager;
 
 impl<C: AsyncConnection> AsyncHookedConnection<C> {
     /// Wraps a connection. It must not be inside a transaction: one opened
     /// before wrapping is not the wrapper's and registering a hook in it
-    /// panics (SPEC rule 8).
+    /// panics (rule 8).
     pub fn new(inner: C) -> Self {
-        let mut state = HookState::new();
-        state.errors_abort = std::any::type_name::<C::Backend>() == "diesel::pg::backend::Pg";
         Self {
             inner,
-            state,
-            live: 0,
-            hook_runs: 0,
-            orphans: Vec::new(),
+            state: HookState::new(AsyncLater::new(every_error_aborts::<C::Backend>())),
         }
     }
 
@@ -104,43 +95,73 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     /// Unwraps the connection. With an open user transaction, every queued
     /// hook is discarded with a warning: none of them runs (rule 10).
     pub fn into_inner(mut self) -> C {
-        if !self.state.queue.is_empty() || self.state.levels > 0 {
-            tracing::warn!(
-                discarded = self.state.queue.len(),
-                levels = self.state.levels,
-                "AsyncHookedConnection::into_inner with an open transaction: its hooks are discarded, none runs"
-            );
-            drop(self.state.queue.take_all());
-            self.state.levels = 0;
-        }
+        self.state.discard_for_into_inner("AsyncHookedConnection");
         let Self { inner, state, .. } = self;
         drop(state);
         inner
     }
 
     /// What registering an `on_commit`-kind hook outside a transaction does
-    /// (SPEC rule 2); the default is [`OutsideTransaction::Run`].
+    /// (rule 2); the default is [`OutsideTransaction::Run`].
     pub fn set_outside_transaction(&mut self, policy: OutsideTransaction) {
-        self.state.outside = policy;
+        self.state.set_outside(policy);
     }
 
-    /// What a hook's panic does once the other hooks ran (SPEC rule 6); the
+    /// What a hook's panic does once the other hooks ran (rule 6); the
     /// default is [`HookPanics::Resume`].
     pub fn set_hook_panics(&mut self, policy: HookPanics) {
-        self.state.hook_panics = policy;
+        self.state.set_hook_panics(policy);
+    }
+}
+
+/// Whether every failed statement aborts the transaction on `B` although
+/// the inner connection does not flag it (see [`AsyncLater`]): PostgreSQL.
+/// The backend is named as a type, so the compiler checks the path.
+fn every_error_aborts<B>() -> bool {
+    #[cfg(feature = "postgres")]
+    {
+        std::any::type_name::<B>() == std::any::type_name::<diesel::pg::Pg>()
+    }
+    #[cfg(not(feature = "postgres"))]
+    {
+        false
+    }
+}
+
+impl<C: AsyncConnection> AsyncHookedConnection<C> {
+    /// The inner connection's transaction status (its depth, its flags).
+    #[inline]
+    pub(crate) fn inner_status(&mut self) -> &mut diesel::connection::TransactionManagerStatus {
+        Inner::<C>::transaction_manager_status_mut(&mut self.inner)
+    }
+
+    /// Brings the wrapper's levels in line with the inner connection (rules
+    /// 8 and 9); called at every step. See [`HookState::check_levels`].
+    #[inline]
+    pub(crate) fn check_levels(&mut self) -> DepthCheck {
+        self.state
+            .check_levels(|| Inner::<C>::transaction_manager_status_mut(&mut self.inner))
+    }
+
+    /// User depth `d`: the inner depth minus the test-transaction baseline.
+    #[inline]
+    pub(crate) fn user_depth(&mut self) -> u32 {
+        self.state
+            .user_depth(Inner::<C>::transaction_manager_status_mut(&mut self.inner))
+    }
+
+    /// The inner connection's depth, a test transaction included.
+    pub(crate) fn depth(&mut self) -> u32 {
+        depth_of(self.inner_status()).unwrap_or(0)
     }
 }
 
 impl<C: AsyncConnection> fmt::Debug for AsyncHookedConnection<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AsyncHookedConnection")
-            .field("inner", &std::any::type_name::<C>())
-            .field("levels", &self.state.levels)
-            .field("test_transaction", &self.state.baseline)
-            .field("queued_hooks", &self.state.queue.len())
-            .field("outside_transaction", &self.state.outside)
-            .field("hook_panics", &self.state.hook_panics)
-            .finish_non_exhaustive()
+        let mut out = f.debug_struct("AsyncHookedConnection");
+        out.field("inner", &std::any::type_name::<C>());
+        self.state.debug_fields(&mut out);
+        out.finish_non_exhaustive()
     }
 }
 
@@ -153,10 +174,7 @@ pub(crate) trait Observe: Send {
 impl<C: AsyncConnection> Observe for HookState<AsyncHook<C>> {
     #[inline]
     fn observed(&mut self, error: Option<&Error>) {
-        match error {
-            None => self.touch = Touch::Unchecked,
-            Some(error) => self.observe_error(error),
-        }
+        self.observe(error);
     }
 }
 
@@ -252,7 +270,7 @@ impl<C: AsyncConnection> AsyncConnection for AsyncHookedConnection<C> {
     }
 
     fn begin_test_transaction(&mut self) -> impl Future<Output = QueryResult<()>> + Send {
-        crate::async_testing::begin_test_transaction(self)
+        crate::async_hooked::testing::begin_test_transaction(self)
     }
 
     /// The wrapper's [`test_transaction`](AsyncHookedConnection::test_transaction):
@@ -339,6 +357,6 @@ impl<C: PoolableConnection + 'static> PoolableConnection for AsyncHookedConnecti
     /// dropped mid-transaction): a pool then drops it rather than hand its
     /// hooks to the next checkout.
     fn is_broken(&mut self) -> bool {
-        self.state.lost || self.state.levels > 0 || self.inner.is_broken()
+        self.state.lost() || self.state.levels() > 0 || self.inner.is_broken()
     }
 }

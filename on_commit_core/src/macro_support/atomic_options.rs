@@ -34,10 +34,10 @@ use std::fmt;
 use diesel::connection::Connection;
 use diesel::result::Error;
 
-use crate::atomic::{AtomicError, AtomicReturn};
-use crate::builder::IsolationLevel;
-use crate::retry::{with_retry, RetryPolicy, Retryable};
-use crate::HookedConnection;
+use crate::hooked::connection::HookedConnection;
+use crate::macro_support::atomic::{AtomicError, AtomicReturn};
+use crate::options::builder::IsolationLevel;
+use crate::options::retry::{with_retry, RetryPolicy, Retryable};
 
 // ---------------------------------------------------------------------------
 // The connection
@@ -117,10 +117,10 @@ pub struct AtomicOptions<I = Unset, RO = Unset, D = Unset, M = Unset> {
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Resolved {
-    isolation: Option<IsolationLevel>,
-    read_only: bool,
-    deferrable: bool,
-    immediate: bool,
+    pub(crate) isolation: Option<IsolationLevel>,
+    pub(crate) read_only: bool,
+    pub(crate) deferrable: bool,
+    pub(crate) immediate: bool,
 }
 
 impl Resolved {
@@ -253,157 +253,6 @@ impl<C: Connection> ImmediateFor<C> for Unset {
 // which would make the compile-error snapshots differ between
 // `cargo test` and `cargo test --all-features`.
 
-#[cfg(feature = "postgres")]
-mod pg {
-    use diesel::pg::PgConnection;
-    use diesel::result::Error;
-
-    use super::*;
-
-    /// `conn.build_transaction()` of `builder.rs`.
-    #[doc(hidden)]
-    #[derive(Debug)]
-    pub struct PgBegin;
-
-    impl BeginWith<PgConnection> for PgBegin {
-        fn run<T, E, F>(
-            conn: &mut HookedConnection<PgConnection>,
-            options: &Resolved,
-            f: F,
-        ) -> Result<T, E>
-        where
-            F: FnOnce(&mut HookedConnection<PgConnection>) -> Result<T, E>,
-            E: From<Error>,
-        {
-            let mut builder = conn.build_transaction();
-            if let Some(level) = options.isolation {
-                builder = builder.isolation(level);
-            }
-            if options.read_only {
-                builder = builder.read_only();
-            }
-            if options.deferrable {
-                builder = builder.deferrable();
-            }
-            builder.run(f)
-        }
-    }
-
-    #[diagnostic::do_not_recommend]
-    impl IsolationFor<PgConnection> for Isolation {
-        type Begin = PgBegin;
-        fn __level(&self) -> Option<IsolationLevel> {
-            Some(self.0)
-        }
-    }
-
-    #[diagnostic::do_not_recommend]
-    impl ReadOnlyFor<PgConnection> for ReadOnly {
-        type Begin = PgBegin;
-        fn __on(&self) -> bool {
-            true
-        }
-    }
-
-    #[diagnostic::do_not_recommend]
-    impl DeferrableFor<PgConnection> for Deferrable {
-        type Begin = PgBegin;
-        fn __on(&self) -> bool {
-            true
-        }
-    }
-}
-
-#[cfg(feature = "mysql")]
-mod mysql {
-    use diesel::mysql::MysqlConnection;
-    use diesel::result::Error;
-
-    use super::*;
-
-    /// `conn.build_transaction()` of `builder.rs`.
-    #[doc(hidden)]
-    #[derive(Debug)]
-    pub struct MysqlBegin;
-
-    impl BeginWith<MysqlConnection> for MysqlBegin {
-        fn run<T, E, F>(
-            conn: &mut HookedConnection<MysqlConnection>,
-            options: &Resolved,
-            f: F,
-        ) -> Result<T, E>
-        where
-            F: FnOnce(&mut HookedConnection<MysqlConnection>) -> Result<T, E>,
-            E: From<Error>,
-        {
-            let mut builder = conn.build_transaction();
-            if let Some(level) = options.isolation {
-                builder = builder.isolation(level);
-            }
-            if options.read_only {
-                builder = builder.read_only();
-            }
-            builder.run(f)
-        }
-    }
-
-    #[diagnostic::do_not_recommend]
-    impl IsolationFor<MysqlConnection> for Isolation {
-        type Begin = MysqlBegin;
-        fn __level(&self) -> Option<IsolationLevel> {
-            Some(self.0)
-        }
-    }
-
-    #[diagnostic::do_not_recommend]
-    impl ReadOnlyFor<MysqlConnection> for ReadOnly {
-        type Begin = MysqlBegin;
-        fn __on(&self) -> bool {
-            true
-        }
-    }
-}
-
-#[cfg(feature = "sqlite")]
-mod sqlite {
-    use diesel::result::Error;
-    use diesel::sqlite::SqliteConnection;
-
-    use super::*;
-
-    /// `conn.build_transaction().immediate()` of `builder.rs`.
-    #[doc(hidden)]
-    #[derive(Debug)]
-    pub struct SqliteBegin;
-
-    impl BeginWith<SqliteConnection> for SqliteBegin {
-        fn run<T, E, F>(
-            conn: &mut HookedConnection<SqliteConnection>,
-            options: &Resolved,
-            f: F,
-        ) -> Result<T, E>
-        where
-            F: FnOnce(&mut HookedConnection<SqliteConnection>) -> Result<T, E>,
-            E: From<Error>,
-        {
-            let builder = conn.build_transaction();
-            if options.immediate {
-                builder.immediate().run(f)
-            } else {
-                builder.run(f)
-            }
-        }
-    }
-
-    #[diagnostic::do_not_recommend]
-    impl ImmediateFor<SqliteConnection> for Immediate {
-        type Begin = SqliteBegin;
-        fn __on(&self) -> bool {
-            true
-        }
-    }
-}
-
 impl<I, RO, D, M> AtomicOptions<I, RO, D, M> {
     /// Runs `f` once in a transaction with these options (see the module
     /// documentation for a transaction that is already open).
@@ -431,7 +280,7 @@ impl<I, RO, D, M> AtomicOptions<I, RO, D, M> {
             // by its BEGIN.
             return Err(Error::AlreadyInTransaction.into());
         }
-        if conn.state.baseline {
+        if conn.state.in_test_transaction() {
             tracing::debug!(
                 options = ?resolved,
                 "#[atomic] inside a test transaction: its options cannot apply to a savepoint; \

@@ -1,59 +1,28 @@
 //! What `#[atomic]` on an `async fn` expands to call: a transaction on any
 //! diesel-async connection, through its `TransactionManager` (so an
-//! `AsyncHookedConnection` keeps its hooks), with the panic guard of SPEC
-//! rule 7 and a guard for a future dropped mid-transaction.
+//! `AsyncHookedConnection` keeps its hooks), with the panic guard of rule 7
+//! and a guard for a future dropped mid-transaction.
 
-use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
-use std::pin::{pin, Pin};
-use std::task::{Context, Poll};
+use std::pin::pin;
 
-use diesel::connection::TransactionManagerStatus;
 use diesel::result::Error;
 use diesel_async::{AsyncConnection, TransactionManager};
 
-use crate::atomic::{AtomicError, AtomicReturn};
-
-/// Polls a future and catches a panic out of any of its polls: the output
-/// is `Err(payload)` for a panic. `F` is `Unpin`: pass `std::pin::pin!(fut)`
-/// (no allocation) or a `Pin<Box<_>>`. A future that panicked is not polled
-/// again.
-pub(crate) struct CatchUnwind<F>(pub(crate) F);
-
-impl<F: Future + Unpin> Future for CatchUnwind<F> {
-    type Output = std::thread::Result<F::Output>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let inner = &mut self.0;
-        // The payload is resumed (or logged) by the caller, after it restored
-        // the connection: nothing observes the broken invariants.
-        match panic::catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll(cx))) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
-            Err(payload) => Poll::Ready(Err(payload)),
-        }
-    }
-}
+use crate::async_hooked::hooks::CatchUnwind;
+use crate::macro_support::atomic::{AtomicError, AtomicReturn};
+use crate::rules::db_status::{depth_of, user_depth_of};
 
 /// Diesel's transaction depth (a test transaction included), or `None` when
 /// the manager is in error.
 fn depth<C: AsyncConnection>(conn: &mut C) -> Option<u32> {
-    match C::TransactionManager::transaction_manager_status_mut(conn).transaction_depth() {
-        Ok(depth) => Some(depth.map_or(0, |d| d.get())),
-        Err(_) => None,
-    }
+    depth_of(C::TransactionManager::transaction_manager_status_mut(conn))
 }
 
 /// The depth minus a test transaction, or `None` when the manager is in
 /// error.
 fn user_depth<C: AsyncConnection>(conn: &mut C) -> Option<u32> {
-    match C::TransactionManager::transaction_manager_status_mut(conn) {
-        TransactionManagerStatus::Valid(valid) => Some(match &valid.in_transaction {
-            Some(s) => s.transaction_depth.get() - u32::from(s.test_transaction),
-            None => 0,
-        }),
-        TransactionManagerStatus::InError => None,
-    }
+    user_depth_of(C::TransactionManager::transaction_manager_status_mut(conn))
 }
 
 /// Rolls back until the depth is back to `target`; stops when a rollback
@@ -194,7 +163,7 @@ where
         armed: true,
         closing: false,
     };
-    let begun = CatchUnwind(pin!(C::TransactionManager::begin_transaction(
+    let begun = CatchUnwind::new(pin!(C::TransactionManager::begin_transaction(
         &mut *guard.conn
     )))
     .await;
@@ -202,11 +171,11 @@ where
         guard.armed = false;
         return R::__from_result(Err(e.into()));
     }
-    let outcome = CatchUnwind(pin!(body(&mut *guard.conn))).await;
+    let outcome = CatchUnwind::new(pin!(body(&mut *guard.conn))).await;
     guard.closing = true;
     let result = match outcome.map(R::__into_result) {
         Ok(Ok(value)) => {
-            let committed = CatchUnwind(pin!(C::TransactionManager::commit_transaction(
+            let committed = CatchUnwind::new(pin!(C::TransactionManager::commit_transaction(
                 &mut *guard.conn
             )))
             .await;
@@ -214,14 +183,14 @@ where
                 Ok(()) => Ok(value),
                 Err(commit_error) => {
                     let rolled_back =
-                        CatchUnwind(pin!(roll_back_to(&mut *guard.conn, before))).await;
+                        CatchUnwind::new(pin!(roll_back_to(&mut *guard.conn, before))).await;
                     let _ = guard.resume_panic(rolled_back);
                     Err(commit_error.into())
                 }
             }
         }
         Ok(Err(user_error)) => {
-            let rolled_back = CatchUnwind(pin!(roll_back_to(&mut *guard.conn, before))).await;
+            let rolled_back = CatchUnwind::new(pin!(roll_back_to(&mut *guard.conn, before))).await;
             match guard.resume_panic(rolled_back) {
                 Ok(()) | Err(Error::BrokenTransactionManager) => Err(user_error),
                 Err(rollback_error) => Err(rollback_error.into()),
@@ -229,7 +198,7 @@ where
         }
         Err(payload) => {
             // A panic of an on_rollback hook must not replace the body's.
-            let cleanup = CatchUnwind(pin!(roll_back_to(&mut *guard.conn, before))).await;
+            let cleanup = CatchUnwind::new(pin!(roll_back_to(&mut *guard.conn, before))).await;
             guard.armed = false;
             match cleanup {
                 Ok(Ok(())) => {}

@@ -3,8 +3,8 @@
 //!
 //! Every method here is one line of forwarding, as in Diesel's
 //! `PooledConnection`, except that errors coming back from the database are
-//! shown to the hook state (`observe`), which needs them for rules 5.3 and 9.
-//! Hook logic lives in `transaction.rs`, `register.rs` and `testing.rs`.
+//! shown to the hook state (`observe_result`), which needs them for rules 5.3
+//! and 9. Hook logic lives in `manager.rs`, `register.rs` and `testing.rs`.
 
 use std::fmt;
 
@@ -18,9 +18,13 @@ use diesel::query_builder::{Query, QueryFragment, QueryId};
 use diesel::query_dsl::UpdateAndFetchResults;
 use diesel::result::{ConnectionResult, QueryResult};
 
-use crate::hook::{Hook, HookPanics, OutsideTransaction};
-use crate::state::{HookState, Touch};
-use crate::transaction::HookedTransactionManager;
+use diesel::connection::TransactionManagerStatus;
+
+use crate::hooked::hooks::Hook;
+use crate::hooked::manager::HookedTransactionManager;
+use crate::rules::failures::HookPanics;
+use crate::rules::levels::{DepthCheck, HookState};
+use crate::rules::placement::OutsideTransaction;
 
 /// A Diesel connection that runs transaction hooks: [`on_commit`] after the
 /// outermost COMMIT, [`on_rollback`] after a rollback, [`before_commit`] just
@@ -59,14 +63,17 @@ pub struct HookedConnection<C: Connection> {
     pub(crate) state: HookState<Hook<C>>,
 }
 
+/// The inner connection's own transaction manager.
+pub(crate) type Inner<C> = <C as Connection>::TransactionManager;
+
 impl<C: Connection> HookedConnection<C> {
     /// Wraps a connection. It must not be inside a transaction: one opened
     /// before wrapping is not the wrapper's and registering a hook in it
-    /// panics (SPEC rule 8).
+    /// panics (rule 8).
     pub fn new(inner: C) -> Self {
         Self {
             inner,
-            state: HookState::new(),
+            state: HookState::new(()),
         }
     }
 
@@ -86,34 +93,26 @@ impl<C: Connection> HookedConnection<C> {
     /// Unwraps the connection. With an open user transaction, every queued
     /// hook is discarded with a warning: none of them runs (rule 10).
     pub fn into_inner(mut self) -> C {
-        if !self.state.queue.is_empty() || self.state.levels > 0 {
-            tracing::warn!(
-                discarded = self.state.queue.len(),
-                levels = self.state.levels,
-                "HookedConnection::into_inner with an open transaction: its hooks are discarded, none runs"
-            );
-            drop(self.state.queue.take_all());
-            self.state.levels = 0;
-        }
+        self.state.discard_for_into_inner("HookedConnection");
         let Self { inner, state } = self;
         drop(state);
         inner
     }
 
     /// What registering an `on_commit`-kind hook outside a transaction does
-    /// (SPEC rule 2); the default is [`OutsideTransaction::Run`].
+    /// (rule 2); the default is [`OutsideTransaction::Run`].
     pub fn set_outside_transaction(&mut self, policy: OutsideTransaction) {
-        self.state.outside = policy;
+        self.state.set_outside(policy);
     }
 
-    /// What a hook's panic does once the other hooks ran (SPEC rule 6); the
+    /// What a hook's panic does once the other hooks ran (rule 6); the
     /// default is [`HookPanics::Resume`].
     pub fn set_hook_panics(&mut self, policy: HookPanics) {
-        self.state.hook_panics = policy;
+        self.state.set_hook_panics(policy);
     }
 
     /// Runs `f` in a transaction: Diesel's
-    /// [`Connection::transaction`], with the hook rules of SPEC.md.
+    /// [`Connection::transaction`], with the hook rules of the contract.
     ///
     /// * `Ok`: `before_commit` hooks run, then COMMIT (or RELEASE SAVEPOINT
     ///   when nested); after the outermost COMMIT the `on_commit` hooks run in
@@ -136,34 +135,41 @@ impl<C: Connection> HookedConnection<C> {
         <Self as Connection>::transaction(self, f)
     }
 
-    /// Shows a database error that came back through the wrapper to the hook
-    /// state. Only errors reach this: the success path costs nothing.
-    #[cold]
-    fn observe(state: &mut HookState<Hook<C>>, error: &diesel::result::Error) {
-        state.observe_error(error);
+    /// The inner connection's transaction status (its depth, its flags).
+    #[inline]
+    pub(crate) fn inner_status(&mut self) -> &mut TransactionManagerStatus {
+        Inner::<C>::transaction_manager_status_mut(&mut self.inner)
+    }
+
+    /// Brings the wrapper's levels in line with the inner connection (rules
+    /// 8 and 9); called at every step. See [`HookState::check_levels`].
+    #[inline]
+    pub(crate) fn check_levels(&mut self) -> DepthCheck {
+        self.state
+            .check_levels(|| Inner::<C>::transaction_manager_status_mut(&mut self.inner))
+    }
+
+    /// User depth `d`: the inner depth minus the test-transaction baseline.
+    #[inline]
+    pub(crate) fn user_depth(&mut self) -> u32 {
+        self.state
+            .user_depth(Inner::<C>::transaction_manager_status_mut(&mut self.inner))
     }
 }
 
 impl<C: Connection> fmt::Debug for HookedConnection<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HookedConnection")
-            .field("inner", &std::any::type_name::<C>())
-            .field("levels", &self.state.levels)
-            .field("test_transaction", &self.state.baseline)
-            .field("queued_hooks", &self.state.queue.len())
-            .field("outside_transaction", &self.state.outside)
-            .field("hook_panics", &self.state.hook_panics)
-            .finish_non_exhaustive()
+        let mut out = f.debug_struct("HookedConnection");
+        out.field("inner", &std::any::type_name::<C>());
+        self.state.debug_fields(&mut out);
+        out.finish_non_exhaustive()
     }
 }
 
 impl<C: Connection> SimpleConnection for HookedConnection<C> {
     fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
         let result = self.inner.batch_execute(query);
-        match &result {
-            Ok(()) => self.state.touch = Touch::Unchecked,
-            Err(e) => Self::observe(&mut self.state, e),
-        }
+        self.state.observe_result(&result);
         result
     }
 }
@@ -179,7 +185,7 @@ impl<C: Connection> Connection for HookedConnection<C> {
     }
 
     fn begin_test_transaction(&mut self) -> QueryResult<()> {
-        crate::testing::begin_test_transaction(self)
+        crate::hooked::testing::begin_test_transaction(self)
     }
 
     fn test_transaction<T, E, F>(&mut self, f: F) -> T
@@ -187,7 +193,7 @@ impl<C: Connection> Connection for HookedConnection<C> {
         F: FnOnce(&mut Self) -> Result<T, E>,
         E: fmt::Debug,
     {
-        crate::testing::test_transaction(self, f)
+        crate::hooked::testing::test_transaction(self, f)
     }
 
     fn execute_returning_count<T>(&mut self, source: &T) -> QueryResult<usize>
@@ -195,10 +201,7 @@ impl<C: Connection> Connection for HookedConnection<C> {
         T: QueryFragment<Self::Backend> + QueryId,
     {
         let result = self.inner.execute_returning_count(source);
-        match &result {
-            Ok(_) => self.state.touch = Touch::Unchecked,
-            Err(e) => Self::observe(&mut self.state, e),
-        }
+        self.state.observe_result(&result);
         result
     }
 
@@ -245,16 +248,9 @@ where
     {
         // Split the borrow: the cursor borrows `inner`, the error path `state`.
         let Self { inner, state } = self;
-        match inner.load(source) {
-            Ok(cursor) => {
-                state.touch = Touch::Unchecked;
-                Ok(cursor)
-            }
-            Err(e) => {
-                Self::observe(state, &e);
-                Err(e)
-            }
-        }
+        let result = inner.load(source);
+        state.observe_result(&result);
+        result
     }
 }
 
@@ -330,6 +326,6 @@ impl<C: diesel::r2d2::R2D2Connection> diesel::r2d2::R2D2Connection for HookedCon
     /// or when a user transaction is still open: a pool then drops it rather
     /// than hand its hooks to the next checkout.
     fn is_broken(&mut self) -> bool {
-        self.state.lost || self.state.levels > 0 || self.inner.is_broken()
+        self.state.lost() || self.state.levels() > 0 || self.inner.is_broken()
     }
 }

@@ -1,25 +1,24 @@
 //! What `#[atomic]` expands to call: a transaction on any Diesel connection,
-//! with the panic guard of SPEC rule 7 (an r2d2 `PooledConnection` does not
+//! with the panic guard of rule 7 (an r2d2 `PooledConnection` does not
 //! reach `HookedConnection::transaction`, so the guard is applied here too),
 //! and the return-type check with a message in the user's terms.
 
 use std::panic::{self, AssertUnwindSafe};
 
-use diesel::connection::{Connection, TransactionManager, TransactionManagerStatus};
+use diesel::connection::{Connection, TransactionManager};
 use diesel::result::Error;
 
-use crate::transaction::real_depth as depth;
+use crate::rules::db_status::{depth_of, user_depth_of};
 
 /// The inner depth minus a test transaction, or `None` when the manager is
 /// in error.
 fn user_depth<C: Connection>(conn: &mut C) -> Option<u32> {
-    match C::TransactionManager::transaction_manager_status_mut(conn) {
-        TransactionManagerStatus::Valid(valid) => Some(match &valid.in_transaction {
-            Some(s) => s.transaction_depth.get() - u32::from(s.test_transaction),
-            None => 0,
-        }),
-        TransactionManagerStatus::InError => None,
-    }
+    user_depth_of(C::TransactionManager::transaction_manager_status_mut(conn))
+}
+
+/// Diesel's transaction depth, or `None` when the manager is in error.
+fn depth<C: Connection>(conn: &mut C) -> Option<u32> {
+    depth_of(C::TransactionManager::transaction_manager_status_mut(conn))
 }
 
 /// Rolls back until the depth is back to `target`; stops when a rollback

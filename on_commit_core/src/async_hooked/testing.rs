@@ -1,6 +1,6 @@
-//! Test support for the async wrapper: the test-transaction baseline (SPEC
-//! rule 11) and capturing `on_commit`-kind hooks (rule 12). The capture
-//! itself (`CaptureState`) is shared with the sync wrapper (`testing.rs`).
+//! Test support on the async wrapper: test transactions (rule 11) and
+//! capturing `on_commit`-kind hooks (rule 12). The rules themselves are in
+//! `rules/baseline.rs` and `rules/capture.rs`, shared with the sync wrapper.
 
 use std::fmt;
 use std::panic;
@@ -9,17 +9,14 @@ use std::pin::pin;
 use diesel::result::QueryResult;
 use diesel_async::{AsyncConnection, TransactionManager};
 
-use crate::async_connection::AsyncHookedConnection;
-use crate::async_hook::{AsyncCommitHook, AsyncHook, CatchUnwind};
-use crate::async_transaction::AsyncHookedTransactionManager;
-use crate::hook::AsyncHookFn;
-use crate::hook::HookLabel;
-use crate::queue::Entry;
-use crate::testing::{
-    assert_no_transaction, test_outcome, test_transaction_began, Capture, CaptureState,
-};
-
-type Inner<C> = <C as AsyncConnection>::TransactionManager;
+use crate::async_hooked::connection::{AsyncHookedConnection, Inner};
+use crate::async_hooked::hooks::{AsyncCommitHook, AsyncHook, CatchUnwind};
+use crate::async_hooked::manager::AsyncHookedTransactionManager;
+use crate::rules::baseline::{assert_no_transaction, test_outcome};
+use crate::rules::capture::Capture;
+use crate::rules::label::HookLabel;
+use crate::rules::queue::Entry;
+use crate::transaction_hooks::AsyncHookFn;
 
 /// The `on_commit`-kind hooks captured by
 /// [`AsyncHookedConnection::capture_on_commit`], in the order they would
@@ -63,7 +60,7 @@ impl<C: AsyncConnection> AsyncCapturedHooks<C> {
             .collect();
         let panics = conn.run_commit_hooks(hooks).await;
         panics.finish(
-            conn.state.hook_panics,
+            conn.state.hook_panics(),
             false,
             "while run from AsyncCapturedHooks::run",
         );
@@ -86,28 +83,11 @@ struct CaptureGuard<'a, C: AsyncConnection> {
 
 impl<C: AsyncConnection> Drop for CaptureGuard<'_, C> {
     fn drop(&mut self) {
-        self.conn.state.capture = None;
+        self.conn.state.close_capture();
     }
 }
 
 impl<C: AsyncConnection> AsyncHookedConnection<C> {
-    /// Runs `body` in a transaction: diesel-async's `transaction`, with the
-    /// hook rules of SPEC.md (see [`HookedConnection::transaction`](crate::HookedConnection::transaction)),
-    /// a panic guard (a panic in `body` rolls the level back and is resumed),
-    /// and the cancellation rules of [`AsyncHookedConnection`].
-    ///
-    /// **A panic out of `transaction` does not always mean a rollback**: under
-    /// [`HookPanics::Resume`](crate::HookPanics::Resume), a panic of an
-    /// `on_commit` hook is resumed after COMMIT succeeded and the other hooks
-    /// ran.
-    pub async fn transaction<R, E, F>(&mut self, body: F) -> Result<R, E>
-    where
-        F: for<'r> AsyncHookFn<&'r mut Self, Result<R, E>>,
-        E: From<diesel::result::Error>,
-    {
-        AsyncHookedTransactionManager::run(self, body).await
-    }
-
     /// Runs `body` inside a test transaction that is rolled back at the end
     /// (rule 11): inside it `in_transaction()` is `false`, and the outermost
     /// *user* commit fires hooks. Returns the body's `Ok` value.
@@ -126,14 +106,13 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
         let outcome = CatchUnwind::new(pin!(body(&mut *self))).await;
         // User levels the body left open are rolled back first, with their hooks.
         let _ = AsyncHookedTransactionManager::<C>::roll_back_level(self, 1).await;
-        self.state.baseline = false;
-        if self.state.levels == 0 {
+        if self.state.test_transaction_ending() {
             self.state.touched();
             if let Err(e) = Inner::<C>::rollback_transaction(&mut self.inner).await {
                 tracing::error!("rolling back the test transaction failed: {e}");
             }
         }
-        self.sync();
+        self.check_levels();
         test_outcome(outcome)
     }
 
@@ -152,33 +131,15 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     where
         F: for<'r> AsyncHookFn<&'r mut Self, R>,
     {
-        self.sync();
-        assert!(
-            self.user_depth() == 0,
-            "capture_on_commit must be called outside a transaction (a test transaction is fine)"
-        );
-        assert!(
-            self.state.capture.is_none(),
-            "capture_on_commit cannot be nested inside another capture_on_commit"
-        );
-        self.state.capture = Some(CaptureState::new(mode));
+        self.check_levels();
+        let depth = self.user_depth();
+        self.state.open_capture(mode, depth);
         let guard = CaptureGuard { conn: self };
         let outcome = CatchUnwind::new(pin!(body(&mut *guard.conn))).await;
-        let state = guard
-            .conn
-            .state
-            .capture
-            .take()
-            .expect("the capture is open until its body returns");
+        let (labels, hooks) = guard.conn.state.close_capture();
         drop(guard);
         match outcome {
-            Ok(value) => (
-                value,
-                AsyncCapturedHooks {
-                    labels: state.labels,
-                    hooks: state.hooks,
-                },
-            ),
+            Ok(value) => (value, AsyncCapturedHooks { labels, hooks }),
             Err(payload) => panic::resume_unwind(payload),
         }
     }
@@ -188,14 +149,12 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
 pub(crate) async fn begin_test_transaction<C: AsyncConnection>(
     conn: &mut AsyncHookedConnection<C>,
 ) -> QueryResult<()> {
-    conn.sync();
+    conn.check_levels();
     conn.run_due().await;
-    assert_no_transaction(Inner::<C>::transaction_manager_status_mut(&mut conn.inner));
+    assert_no_transaction(conn.inner_status());
     conn.state.touched();
     Inner::<C>::begin_transaction(&mut conn.inner).await?;
-    test_transaction_began(
-        &mut conn.state,
-        Inner::<C>::transaction_manager_status_mut(&mut conn.inner),
-    );
+    conn.state
+        .test_transaction_began(Inner::<C>::transaction_manager_status_mut(&mut conn.inner));
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! Registering hooks on the async wrapper: the sync kinds, the async kinds,
-//! and `TransactionHooks` (SPEC rules 1, 2, 8, 9; the placement rules are
+//! and `TransactionHooks` (rules 1, 2, 8, 9; the placement rules are
 //! the shared `HookState::open_level` and `place_slow`).
 
 use std::any::type_name;
@@ -9,11 +9,14 @@ use std::panic::{self, AssertUnwindSafe, Location};
 use diesel::result::QueryResult;
 use diesel_async::AsyncConnection;
 
-use crate::async_connection::AsyncHookedConnection;
-use crate::async_hook::{self, orphaned, AsyncCommitHook, AsyncHook};
-use crate::hook::{self, AsyncHookFn, FirstPanic, HookLabel, HookResult};
-use crate::register::{AsyncTransactionHooks, TransactionHooks};
-use crate::state::DepthCheck;
+use crate::async_hooked::connection::AsyncHookedConnection;
+use crate::async_hooked::hooks::{self, AsyncCommitHook, AsyncHook};
+use crate::async_hooked::later::{orphaned, Orphan};
+use crate::rules::failures::{plain, run_plain, run_robust, FirstPanic, HookResult};
+use crate::rules::label::HookLabel;
+use crate::rules::levels::{Counter, DepthCheck, Raised};
+use crate::rules::queue::Entry;
+use crate::transaction_hooks::{AsyncHookFn, AsyncTransactionHooks, TransactionHooks};
 
 impl<C: AsyncConnection> AsyncHookedConnection<C> {
     /// Registers `f` to run after the outermost COMMIT succeeds; as
@@ -26,10 +29,7 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
         R: HookResult,
     {
         let label = HookLabel::new(Location::caller(), type_name::<F>());
-        self.register(
-            label,
-            AsyncHook::Commit(AsyncCommitHook::Plain(hook::plain(f))),
-        );
+        self.register(label, AsyncHook::Commit(AsyncCommitHook::Plain(plain(f))));
     }
 
     /// As [`on_commit`](Self::on_commit), but a panic in `f` is caught,
@@ -41,10 +41,7 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
         R: HookResult,
     {
         let label = HookLabel::new(Location::caller(), type_name::<F>());
-        self.register(
-            label,
-            AsyncHook::Commit(AsyncCommitHook::Robust(hook::plain(f))),
-        );
+        self.register(label, AsyncHook::Commit(AsyncCommitHook::Robust(plain(f))));
     }
 
     /// Registers a future to be awaited after the outermost COMMIT succeeded
@@ -69,7 +66,7 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
         R: HookResult + 'static,
     {
         let label = HookLabel::new(Location::caller(), type_name::<Fut>());
-        let hook = async_hook::future_hook(label, future);
+        let hook = hooks::future_hook(label, future);
         self.register(label, AsyncHook::Commit(AsyncCommitHook::Future(hook)));
     }
 
@@ -86,7 +83,7 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
         let label = HookLabel::new(Location::caller(), type_name::<F>());
         self.register(
             label,
-            AsyncHook::Commit(AsyncCommitHook::With(async_hook::with_hook(f))),
+            AsyncHook::Commit(AsyncCommitHook::With(hooks::with_hook(f))),
         );
     }
 
@@ -102,7 +99,7 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
         R: HookResult,
     {
         let label = HookLabel::new(Location::caller(), type_name::<F>());
-        self.register(label, AsyncHook::Rollback(hook::plain(f)));
+        self.register(label, AsyncHook::Rollback(plain(f)));
     }
 
     /// Registers a future to be awaited after the level it was registered
@@ -114,7 +111,7 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
         R: HookResult + 'static,
     {
         let label = HookLabel::new(Location::caller(), type_name::<Fut>());
-        let hook = async_hook::future_hook(label, future);
+        let hook = hooks::future_hook(label, future);
         self.register(label, AsyncHook::RollbackFuture(hook));
     }
 
@@ -132,24 +129,22 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
         F: for<'c> AsyncHookFn<&'c mut Self, QueryResult<()>, Fut: Send> + Send + 'static,
     {
         let label = HookLabel::new(Location::caller(), type_name::<F>());
-        self.register(label, AsyncHook::BeforeCommit(async_hook::before_hook(f)));
+        self.register(label, AsyncHook::BeforeCommit(hooks::before_hook(f)));
     }
 
     /// Whether a user transaction is open: `d >= 1`. Inside a test
     /// transaction alone this is `false`.
     pub fn in_transaction(&mut self) -> bool {
-        self.sync() != DepthCheck::Broken && self.user_depth() >= 1
+        self.check_levels() != DepthCheck::Broken && self.user_depth() >= 1
     }
 
     /// Queues `hook` at the current level, or applies rule 2 at `d == 0`.
     #[inline]
     pub(crate) fn register(&mut self, label: HookLabel, hook: AsyncHook<C>) {
-        let check = self.sync();
+        let check = self.check_levels();
         if let Some(level) = self.state.open_level(check) {
-            self.state
-                .queue
-                .push(level, crate::queue::Entry { label, hook });
-        } else if let Some(hook) = self.state.place_slow(check, label, hook) {
+            self.state.queue_at(level, Entry { label, hook });
+        } else if let Some(hook) = self.state.place_outside_level(check, label, hook) {
             self.run_at_once(label, hook);
         }
     }
@@ -162,36 +157,37 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     #[inline(never)]
     fn run_at_once(&mut self, label: HookLabel, hook: AsyncCommitHook<C>) {
         let is_async = matches!(hook, AsyncCommitHook::Future(_) | AsyncCommitHook::With(_));
-        if is_async && self.hook_runs > 0 {
+        if is_async && self.state.later().hook_runs > 0 {
             // A hook is being awaited: this one runs right after it.
-            self.state.next.push(crate::queue::Entry {
+            self.state.later().next.push(Entry {
                 label,
                 hook: AsyncHook::Commit(hook),
             });
             return;
         }
-        let Some(hook) = self.state.through_capture(label, hook) else {
+        let Some(hook) = self.state.capture_or_pass(label, hook) else {
             return;
         };
         let mut panics = FirstPanic::new();
-        self.state.running_commit_hooks += 1;
+        let mut conn = Raised::new(self, Counter::CommitHooksRunning);
         match hook {
-            AsyncCommitHook::Plain(f) => hook::run_plain(f, &label, &mut panics),
-            AsyncCommitHook::Robust(f) => hook::run_robust(f, &label),
+            AsyncCommitHook::Plain(f) => run_plain(f, &label, &mut panics),
+            AsyncCommitHook::Robust(f) => run_robust(f, &label),
             AsyncCommitHook::WithSync(f) => {
-                if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| f(self, &label))) {
+                if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| f(&mut conn, &label)))
+                {
                     panics.record(label, payload);
                 }
             }
-            hook @ (AsyncCommitHook::Future(_) | AsyncCommitHook::With(_)) => orphaned([(
+            hook @ (AsyncCommitHook::Future(_) | AsyncCommitHook::With(_)) => orphaned([Orphan {
                 label,
-                AsyncHook::Commit(hook),
-                "it was registered outside a transaction, where the registering call cannot await it",
-            )]),
+                hook: AsyncHook::Commit(hook),
+                why: "it was registered outside a transaction, where the registering call cannot await it",
+            }]),
         }
-        self.state.running_commit_hooks -= 1;
+        drop(conn);
         panics.finish(
-            self.state.hook_panics,
+            self.state.hook_panics(),
             false,
             "while running at once outside a transaction",
         );
@@ -240,10 +236,7 @@ impl<C: AsyncConnection> TransactionHooks for AsyncHookedConnection<C> {
         R: HookResult,
     {
         let label = HookLabel::new(Location::caller(), text);
-        self.register(
-            label,
-            AsyncHook::Commit(AsyncCommitHook::Plain(hook::plain(f))),
-        );
+        self.register(label, AsyncHook::Commit(AsyncCommitHook::Plain(plain(f))));
     }
 
     #[track_caller]
@@ -253,10 +246,7 @@ impl<C: AsyncConnection> TransactionHooks for AsyncHookedConnection<C> {
         R: HookResult,
     {
         let label = HookLabel::new(Location::caller(), text);
-        self.register(
-            label,
-            AsyncHook::Commit(AsyncCommitHook::Robust(hook::plain(f))),
-        );
+        self.register(label, AsyncHook::Commit(AsyncCommitHook::Robust(plain(f))));
     }
 
     /// A sync closure given the connection after COMMIT (for `on_commit!`
@@ -285,7 +275,7 @@ impl<C: AsyncConnection> AsyncTransactionHooks for AsyncHookedConnection<C> {
         R: HookResult + 'static,
     {
         let label = HookLabel::new(Location::caller(), text);
-        let hook = async_hook::future_hook(label, future);
+        let hook = hooks::future_hook(label, future);
         self.register(label, AsyncHook::Commit(AsyncCommitHook::Future(hook)));
     }
 
@@ -298,7 +288,7 @@ impl<C: AsyncConnection> AsyncTransactionHooks for AsyncHookedConnection<C> {
         let label = HookLabel::new(Location::caller(), text);
         self.register(
             label,
-            AsyncHook::Commit(AsyncCommitHook::With(async_hook::with_hook(f))),
+            AsyncHook::Commit(AsyncCommitHook::With(hooks::with_hook(f))),
         );
     }
 }

@@ -1,10 +1,10 @@
 //! The async wrapper's hook kinds, and running them: awaited in registration
-//! order, each with its panic isolated; and what becomes of hooks that were
-//! due when the caller's future was dropped (spawned on the current tokio
-//! runtime in one task, or reported at ERROR; never run inside `Drop`).
+//! order, each with its panic isolated (rules 5.4, 6, A1). What becomes of
+//! hooks that were due when the caller's future was dropped is in
+//! `later.rs`.
 //!
 //! The sync kinds (`on_commit`, `on_commit_robust`, `on_rollback`) are the
-//! sync wrapper's closures (`hook.rs`); the async kinds are boxed futures.
+//! boxed closures of `rules/failures.rs`; the async kinds are boxed futures.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -15,9 +15,13 @@ use std::task::{Context, Poll};
 use diesel::result::QueryResult;
 use diesel_async::AsyncConnection;
 
-use crate::async_connection::AsyncHookedConnection;
-use crate::hook::{self, AsyncHookFn, FirstPanic, HookLabel, HookResult, PlainFn};
-use crate::queue::{Entry, QueuedHook};
+use crate::async_hooked::connection::AsyncHookedConnection;
+use crate::async_hooked::later::{AsyncLater, Orphan};
+use crate::rules::failures::{self, FirstPanic, HookResult, PlainFn};
+use crate::rules::label::HookLabel;
+use crate::rules::levels::{Counter, HasHookState, HookState};
+use crate::rules::queue::{Entry, QueuedHook};
+use crate::transaction_hooks::AsyncHookFn;
 
 /// A boxed, `Send` future.
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -95,101 +99,24 @@ impl<C: AsyncConnection> QueuedHook for AsyncHook<C> {
         }
     }
 
+    type Later = AsyncLater<C>;
+
     /// The async wrapper awaits its `on_rollback` hooks, sync and async in
-    /// one order, after the step that rolled back: they are handed back.
+    /// one order, after the step that rolled back: they become due.
     #[inline]
-    fn rolled_back(self, _label: &HookLabel, _panics: &mut FirstPanic) -> Option<Self> {
-        self.is_rollback().then_some(self)
-    }
-
-    fn orphaned(due: Vec<Entry<Self>>, why: &'static str) {
-        orphaned(due.into_iter().map(|e| (e.label, e.hook, why)));
-    }
-}
-
-/// A hook that can run without the connection, on a task of its own.
-// Without the `tokio` feature there is no task: only logged.
-#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
-enum Detached {
-    Sync(PlainFn),
-    Robust(PlainFn),
-    Future(BoxFuture<'static, ()>),
-}
-
-/// A hook that was due when the future that was to run it went away, and
-/// why it did not run there.
-pub(crate) type Orphan<C> = (HookLabel, AsyncHook<C>, &'static str);
-
-/// Hooks that were due when the caller's future was dropped or the
-/// connection went away: no user hook runs inside `Drop`. With the `tokio`
-/// feature and a runtime, they run in the given order on one task spawned
-/// on it; otherwise each is logged at ERROR with its label. Hooks that need
-/// the connection (`on_commit_with`, `before_commit`) cannot run without it
-/// and are logged at ERROR.
-pub(crate) fn orphaned<C: AsyncConnection>(due: impl IntoIterator<Item = Orphan<C>>) {
-    let mut detached = Vec::new();
-    for (label, hook, why) in due {
-        let kind = hook.kind();
-        match hook {
-            AsyncHook::Commit(AsyncCommitHook::Plain(f)) | AsyncHook::Rollback(f) => {
-                detached.push((label, kind, why, Detached::Sync(f)))
-            }
-            AsyncHook::Commit(AsyncCommitHook::Robust(f)) => {
-                detached.push((label, kind, why, Detached::Robust(f)))
-            }
-            AsyncHook::Commit(AsyncCommitHook::Future(f)) | AsyncHook::RollbackFuture(f) => {
-                detached.push((label, kind, why, Detached::Future(f)))
-            }
-            AsyncHook::Commit(AsyncCommitHook::With(_) | AsyncCommitHook::WithSync(_))
-            | AsyncHook::BeforeCommit(_) => tracing::error!(
-                hook = %label,
-                "{kind} hook {label} was due but did not run: {why}, and it needs the connection"
-            ),
-            AsyncHook::Spent => {}
+    fn rolled_back(entry: Entry<Self>, later: &mut AsyncLater<C>, _panics: &mut FirstPanic) {
+        if entry.hook.is_rollback() {
+            later.due.push(entry);
         }
     }
-    if detached.is_empty() {
-        return;
-    }
-    #[cfg(feature = "tokio")]
-    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        tracing::warn!(
-            hooks = detached.len(),
-            "{}: the {} hook(s) still due run on a spawned task",
-            detached[0].2,
-            detached.len()
-        );
-        runtime.spawn(run_detached(detached));
-        return;
-    }
-    for (label, kind, why, _) in detached {
-        tracing::error!(
-            hook = %label,
-            "{kind} hook {label} was due but did not run: {why}, and no tokio runtime was there \
-             to run it (enable diesel-on-commit's `tokio` feature and run on a tokio runtime)"
-        );
-    }
 }
 
-#[cfg(feature = "tokio")]
-async fn run_detached(hooks: Vec<(HookLabel, &'static str, &'static str, Detached)>) {
-    use crate::hook::panic_message;
+impl<C: AsyncConnection> HasHookState for AsyncHookedConnection<C> {
+    type Hook = AsyncHook<C>;
 
-    for (label, kind, _, hook) in hooks {
-        let outcome = match hook {
-            Detached::Sync(f) | Detached::Robust(f) => {
-                panic::catch_unwind(AssertUnwindSafe(|| f(&label)))
-            }
-            Detached::Future(f) => CatchUnwind::new(f).await,
-        };
-        if let Err(payload) = outcome {
-            tracing::error!(
-                hook = %label,
-                "{kind} hook {label} panicked on the task that ran it after its transaction's \
-                 future was dropped (logged, not resumed): {}",
-                panic_message(&*payload)
-            );
-        }
+    #[inline]
+    fn hook_state(&mut self) -> &mut HookState<AsyncHook<C>> {
+        &mut self.state
     }
 }
 
@@ -285,11 +212,11 @@ impl<'a, C: AsyncConnection> HookRun<'a, C> {
         commit: bool,
         why: &'static str,
     ) -> Self {
-        conn.live += 1;
+        conn.state.later().live += 1;
         let outer_next = if commit {
-            conn.state.running_commit_hooks += 1;
-            conn.hook_runs += 1;
-            std::mem::take(&mut conn.state.next)
+            conn.state.raise(Counter::CommitHooksRunning);
+            conn.state.later().hook_runs += 1;
+            std::mem::take(&mut conn.state.later().next)
         } else {
             Vec::new()
         };
@@ -311,8 +238,8 @@ impl<'a, C: AsyncConnection> HookRun<'a, C> {
     /// registered them. Returns the first panic and the spent buffer.
     pub(crate) async fn run(mut self) -> (FirstPanic, Vec<Entry<AsyncHook<C>>>) {
         loop {
-            if self.commit && !self.conn.state.next.is_empty() {
-                let next = std::mem::take(&mut self.conn.state.next);
+            if self.commit && !self.conn.state.later().next.is_empty() {
+                let next = std::mem::take(&mut self.conn.state.later().next);
                 for entry in next.into_iter().rev() {
                     self.pending.push_front(entry);
                 }
@@ -324,21 +251,21 @@ impl<'a, C: AsyncConnection> HookRun<'a, C> {
             // capture); after a rollback the on_rollback-kind ones.
             let hook = match hook {
                 AsyncHook::Commit(hook) if self.commit => {
-                    match self.conn.state.through_capture(label, hook) {
+                    match self.conn.state.capture_or_pass(label, hook) {
                         Some(hook) => hook,
                         None => continue,
                     }
                 }
                 AsyncHook::Rollback(f) if !self.commit => {
-                    hook::run_plain(f, &label, &mut self.panics);
+                    failures::run_plain(f, &label, &mut self.panics);
                     continue;
                 }
                 AsyncHook::RollbackFuture(f) if !self.commit => AsyncCommitHook::Future(f),
                 _ => continue,
             };
             match hook {
-                AsyncCommitHook::Plain(f) => hook::run_plain(f, &label, &mut self.panics),
-                AsyncCommitHook::Robust(f) => hook::run_robust(f, &label),
+                AsyncCommitHook::Plain(f) => failures::run_plain(f, &label, &mut self.panics),
+                AsyncCommitHook::Robust(f) => failures::run_robust(f, &label),
                 AsyncCommitHook::WithSync(f) => {
                     let conn = &mut *self.conn;
                     if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| f(conn, &label)))
@@ -367,7 +294,7 @@ impl<'a, C: AsyncConnection> HookRun<'a, C> {
         self.done = true;
         let spent = Vec::from(std::mem::take(&mut self.pending));
         if self.commit {
-            self.conn.state.next = std::mem::take(&mut self.outer_next);
+            self.conn.state.later().next = std::mem::take(&mut self.outer_next);
         }
         (
             std::mem::replace(&mut self.panics, FirstPanic::new()),
@@ -379,8 +306,8 @@ impl<'a, C: AsyncConnection> HookRun<'a, C> {
 impl<C: AsyncConnection> Drop for HookRun<'_, C> {
     fn drop(&mut self) {
         if self.commit {
-            self.conn.state.running_commit_hooks -= 1;
-            self.conn.hook_runs -= 1;
+            self.conn.state.lower(Counter::CommitHooksRunning);
+            self.conn.state.later().hook_runs -= 1;
         }
         if !self.done {
             self.orphan_the_rest();
@@ -401,17 +328,18 @@ impl<C: AsyncConnection> HookRun<'_, C> {
             tracing::error!(hook = %label, "on_commit_with hook {label} was cancelled while it ran: {why}");
         }
         std::mem::replace(&mut self.panics, FirstPanic::new()).finish(
-            self.conn.state.hook_panics,
+            self.conn.state.hook_panics(),
             true,
             "before its transaction's future was dropped",
         );
-        let current = self
-            .current
-            .take()
-            .map(|(label, f)| (label, AsyncHook::Commit(AsyncCommitHook::Future(f)), why));
+        let current = self.current.take().map(|(label, f)| Orphan {
+            label,
+            hook: AsyncHook::Commit(AsyncCommitHook::Future(f)),
+            why,
+        });
         let outer_next = std::mem::take(&mut self.outer_next);
         let next = if self.commit {
-            std::mem::replace(&mut self.conn.state.next, outer_next)
+            std::mem::replace(&mut self.conn.state.later().next, outer_next)
         } else {
             Vec::new()
         };
@@ -425,33 +353,24 @@ impl<C: AsyncConnection> HookRun<'_, C> {
             });
         let orphans = current
             .into_iter()
-            .chain(next.into_iter().map(|e| (e.label, e.hook, why)))
-            .chain(rest.map(|e| (e.label, e.hook, why)));
+            .chain(next.into_iter().chain(rest).map(|e| Orphan {
+                label: e.label,
+                hook: e.hook,
+                why,
+            }));
         let conn = &mut *self.conn;
-        for (label, hook, why) in orphans {
+        for Orphan { label, hook, why } in orphans {
             // An open capture keeps the on_commit hooks it collects.
             let hook = match hook {
                 AsyncHook::Commit(hook) if commit => {
-                    match conn.state.through_capture(label, hook) {
+                    match conn.state.capture_or_pass(label, hook) {
                         Some(hook) => AsyncHook::Commit(hook),
                         None => continue,
                     }
                 }
                 hook => hook,
             };
-            conn.orphans.push((label, hook, why));
-        }
-    }
-}
-
-impl<C: AsyncConnection> AsyncHookedConnection<C> {
-    /// A guard of a future in flight went away. When it was the outermost,
-    /// every hook the dropped futures left due goes to one task, in order
-    /// (or to the log).
-    pub(crate) fn leave_guard(&mut self) {
-        self.live -= 1;
-        if self.live == 0 && !self.orphans.is_empty() {
-            orphaned(std::mem::take(&mut self.orphans));
+            conn.state.later().orphans.push(Orphan { label, hook, why });
         }
     }
 }

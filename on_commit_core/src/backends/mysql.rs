@@ -1,0 +1,126 @@
+//! MySQL and MariaDB: `build_transaction()` on the wrapper (isolation level,
+//! read mode, consistent snapshot) and the `#[atomic]` options it accepts
+//! (`isolation`, `read_only`).
+
+use diesel::mysql::MysqlConnection;
+use diesel::result::{Error, QueryResult};
+
+use crate::hooked::connection::HookedConnection;
+use crate::macro_support::atomic_options::*;
+use crate::options::builder::{
+    BeginStatement, IsolationAndReadMode, IsolationLevel, TransactionBuilder,
+};
+
+/// MySQL's transaction options. Diesel has no builder for MySQL; the
+/// isolation level is set for the next transaction only
+/// (`SET TRANSACTION ISOLATION LEVEL ..`) right before
+/// `START TRANSACTION`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MysqlTransactionOptions {
+    isolation: Option<IsolationLevel>,
+    read_only: Option<bool>,
+    consistent_snapshot: bool,
+}
+
+impl BeginStatement<MysqlConnection> for MysqlTransactionOptions {
+    fn begin_sql(&self, _conn: &mut MysqlConnection) -> QueryResult<String> {
+        let mut sql = String::new();
+        if let Some(level) = self.isolation {
+            sql.push_str(match level {
+                IsolationLevel::ReadCommitted => "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; ",
+                IsolationLevel::RepeatableRead => {
+                    "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; "
+                }
+                IsolationLevel::Serializable => "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE; ",
+            });
+        }
+        sql.push_str("START TRANSACTION");
+        let mut sep = " ";
+        if self.consistent_snapshot {
+            sql.push_str(" WITH CONSISTENT SNAPSHOT");
+            sep = ", ";
+        }
+        match self.read_only {
+            Some(true) => {
+                sql.push_str(sep);
+                sql.push_str("READ ONLY");
+            }
+            Some(false) => {
+                sql.push_str(sep);
+                sql.push_str("READ WRITE");
+            }
+            None => {}
+        }
+        Ok(sql)
+    }
+}
+
+impl HookedConnection<MysqlConnection> {
+    /// A transaction with MySQL options through the wrapper.
+    pub fn build_transaction(
+        &mut self,
+    ) -> TransactionBuilder<'_, MysqlConnection, MysqlTransactionOptions> {
+        TransactionBuilder::new(self, MysqlTransactionOptions::default())
+    }
+}
+
+impl IsolationAndReadMode for MysqlTransactionOptions {
+    fn __isolation(&mut self) -> &mut Option<IsolationLevel> {
+        &mut self.isolation
+    }
+    fn __read_only(&mut self) -> &mut Option<bool> {
+        &mut self.read_only
+    }
+}
+
+impl<R> TransactionBuilder<'_, MysqlConnection, MysqlTransactionOptions, R> {
+    /// `WITH CONSISTENT SNAPSHOT`
+    pub fn with_consistent_snapshot(mut self) -> Self {
+        self.options.consistent_snapshot = true;
+        self
+    }
+}
+
+// What `#[atomic(..)]` options on this backend call.
+
+/// `conn.build_transaction()` of `builder.rs`.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct MysqlBegin;
+
+impl BeginWith<MysqlConnection> for MysqlBegin {
+    fn run<T, E, F>(
+        conn: &mut HookedConnection<MysqlConnection>,
+        options: &Resolved,
+        f: F,
+    ) -> Result<T, E>
+    where
+        F: FnOnce(&mut HookedConnection<MysqlConnection>) -> Result<T, E>,
+        E: From<Error>,
+    {
+        let mut builder = conn.build_transaction();
+        if let Some(level) = options.isolation {
+            builder = builder.isolation(level);
+        }
+        if options.read_only {
+            builder = builder.read_only();
+        }
+        builder.run(f)
+    }
+}
+
+#[diagnostic::do_not_recommend]
+impl IsolationFor<MysqlConnection> for Isolation {
+    type Begin = MysqlBegin;
+    fn __level(&self) -> Option<IsolationLevel> {
+        Some(self.0)
+    }
+}
+
+#[diagnostic::do_not_recommend]
+impl ReadOnlyFor<MysqlConnection> for ReadOnly {
+    type Begin = MysqlBegin;
+    fn __on(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,148 @@
+//! PostgreSQL: `build_transaction()` on the wrapper (isolation level, read-only,
+//! deferrable, rendered by Diesel's own builder) and the `#[atomic]` options
+//! it accepts (`isolation`, `read_only`, `deferrable`).
+
+use diesel::pg::{Pg, PgConnection, PgQueryBuilder};
+use diesel::query_builder::{QueryBuilder, QueryFragment};
+use diesel::result::{Error, QueryResult};
+
+use crate::hooked::connection::HookedConnection;
+use crate::macro_support::atomic_options::*;
+use crate::options::builder::{
+    BeginStatement, IsolationAndReadMode, IsolationLevel, TransactionBuilder,
+};
+
+/// PostgreSQL's transaction options; rendered by Diesel's own
+/// `TransactionBuilder`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PgTransactionOptions {
+    isolation: Option<IsolationLevel>,
+    read_only: Option<bool>,
+    deferrable: Option<bool>,
+}
+
+impl BeginStatement<PgConnection> for PgTransactionOptions {
+    fn begin_sql(&self, conn: &mut PgConnection) -> QueryResult<String> {
+        let mut builder = conn.build_transaction();
+        builder = match self.isolation {
+            Some(IsolationLevel::ReadCommitted) => builder.read_committed(),
+            Some(IsolationLevel::RepeatableRead) => builder.repeatable_read(),
+            Some(IsolationLevel::Serializable) => builder.serializable(),
+            None => builder,
+        };
+        builder = match self.read_only {
+            Some(true) => builder.read_only(),
+            Some(false) => builder.read_write(),
+            None => builder,
+        };
+        builder = match self.deferrable {
+            Some(true) => builder.deferrable(),
+            Some(false) => builder.not_deferrable(),
+            None => builder,
+        };
+        let mut sql = PgQueryBuilder::default();
+        builder.to_sql(&mut sql, &Pg)?;
+        Ok(sql.finish())
+    }
+}
+
+impl HookedConnection<PgConnection> {
+    /// A transaction with PostgreSQL options, Diesel's
+    /// `PgConnection::build_transaction` through the wrapper:
+    ///
+    /// ```no_run
+    /// # use diesel::prelude::*;
+    /// # use diesel_on_commit::{HookedConnection, RetryPolicy};
+    /// # fn f(conn: &mut HookedConnection<PgConnection>) -> QueryResult<()> {
+    /// conn.build_transaction()
+    ///     .serializable()
+    ///     .retry(RetryPolicy::attempts(5))
+    ///     .run(|conn| {
+    ///         conn.on_commit(|| println!("committed, once"));
+    ///         Ok(())
+    ///     })
+    /// # }
+    /// ```
+    pub fn build_transaction(
+        &mut self,
+    ) -> TransactionBuilder<'_, PgConnection, PgTransactionOptions> {
+        TransactionBuilder::new(self, PgTransactionOptions::default())
+    }
+}
+
+impl IsolationAndReadMode for PgTransactionOptions {
+    fn __isolation(&mut self) -> &mut Option<IsolationLevel> {
+        &mut self.isolation
+    }
+    fn __read_only(&mut self) -> &mut Option<bool> {
+        &mut self.read_only
+    }
+}
+
+impl<R> TransactionBuilder<'_, PgConnection, PgTransactionOptions, R> {
+    /// `DEFERRABLE` (with `SERIALIZABLE READ ONLY`: waits for a safe snapshot)
+    pub fn deferrable(mut self) -> Self {
+        self.options.deferrable = Some(true);
+        self
+    }
+    /// `NOT DEFERRABLE`
+    pub fn not_deferrable(mut self) -> Self {
+        self.options.deferrable = Some(false);
+        self
+    }
+}
+
+// What `#[atomic(..)]` options on this backend call.
+
+/// `conn.build_transaction()` of `builder.rs`.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct PgBegin;
+
+impl BeginWith<PgConnection> for PgBegin {
+    fn run<T, E, F>(
+        conn: &mut HookedConnection<PgConnection>,
+        options: &Resolved,
+        f: F,
+    ) -> Result<T, E>
+    where
+        F: FnOnce(&mut HookedConnection<PgConnection>) -> Result<T, E>,
+        E: From<Error>,
+    {
+        let mut builder = conn.build_transaction();
+        if let Some(level) = options.isolation {
+            builder = builder.isolation(level);
+        }
+        if options.read_only {
+            builder = builder.read_only();
+        }
+        if options.deferrable {
+            builder = builder.deferrable();
+        }
+        builder.run(f)
+    }
+}
+
+#[diagnostic::do_not_recommend]
+impl IsolationFor<PgConnection> for Isolation {
+    type Begin = PgBegin;
+    fn __level(&self) -> Option<IsolationLevel> {
+        Some(self.0)
+    }
+}
+
+#[diagnostic::do_not_recommend]
+impl ReadOnlyFor<PgConnection> for ReadOnly {
+    type Begin = PgBegin;
+    fn __on(&self) -> bool {
+        true
+    }
+}
+
+#[diagnostic::do_not_recommend]
+impl DeferrableFor<PgConnection> for Deferrable {
+    type Begin = PgBegin;
+    fn __on(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,108 @@
+//! SQLite: `immediate_transaction`/`exclusive_transaction`/`build_transaction()`
+//! on the wrapper and the `#[atomic]` option it accepts (`immediate`).
+
+use crate::hooked::connection::HookedConnection;
+use crate::macro_support::atomic_options::*;
+use crate::options::builder::{BeginStatement, TransactionBuilder};
+use diesel::result::{Error, QueryResult};
+use diesel::sqlite::SqliteConnection;
+
+/// SQLite's locking mode for `BEGIN`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SqliteTransactionMode {
+    /// `BEGIN` (deferred: locks on first read or write)
+    #[default]
+    Deferred,
+    /// `BEGIN IMMEDIATE` (takes the write lock now)
+    Immediate,
+    /// `BEGIN EXCLUSIVE`
+    Exclusive,
+}
+
+impl BeginStatement<SqliteConnection> for SqliteTransactionMode {
+    fn begin_sql(&self, _conn: &mut SqliteConnection) -> QueryResult<String> {
+        Ok(match self {
+            SqliteTransactionMode::Deferred => "BEGIN",
+            SqliteTransactionMode::Immediate => "BEGIN IMMEDIATE",
+            SqliteTransactionMode::Exclusive => "BEGIN EXCLUSIVE",
+        }
+        .to_owned())
+    }
+}
+
+impl HookedConnection<SqliteConnection> {
+    /// A transaction with a SQLite locking mode (and optionally a retry
+    /// policy for `SQLITE_BUSY`).
+    pub fn build_transaction(
+        &mut self,
+    ) -> TransactionBuilder<'_, SqliteConnection, SqliteTransactionMode> {
+        TransactionBuilder::new(self, SqliteTransactionMode::Deferred)
+    }
+
+    /// Diesel's `SqliteConnection::immediate_transaction` through the
+    /// wrapper: `BEGIN IMMEDIATE`, with every hook rule.
+    pub fn immediate_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut Self) -> Result<T, E>,
+        E: From<Error>,
+    {
+        self.build_transaction().immediate().run(f)
+    }
+
+    /// Diesel's `SqliteConnection::exclusive_transaction` through the
+    /// wrapper: `BEGIN EXCLUSIVE`, with every hook rule.
+    pub fn exclusive_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut Self) -> Result<T, E>,
+        E: From<Error>,
+    {
+        self.build_transaction().exclusive().run(f)
+    }
+}
+
+impl<R> TransactionBuilder<'_, SqliteConnection, SqliteTransactionMode, R> {
+    /// `BEGIN IMMEDIATE`
+    pub fn immediate(mut self) -> Self {
+        self.options = SqliteTransactionMode::Immediate;
+        self
+    }
+    /// `BEGIN EXCLUSIVE`
+    pub fn exclusive(mut self) -> Self {
+        self.options = SqliteTransactionMode::Exclusive;
+        self
+    }
+}
+
+// What `#[atomic(..)]` options on this backend call.
+
+/// `conn.build_transaction().immediate()` of `builder.rs`.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct SqliteBegin;
+
+impl BeginWith<SqliteConnection> for SqliteBegin {
+    fn run<T, E, F>(
+        conn: &mut HookedConnection<SqliteConnection>,
+        options: &Resolved,
+        f: F,
+    ) -> Result<T, E>
+    where
+        F: FnOnce(&mut HookedConnection<SqliteConnection>) -> Result<T, E>,
+        E: From<Error>,
+    {
+        let builder = conn.build_transaction();
+        if options.immediate {
+            builder.immediate().run(f)
+        } else {
+            builder.run(f)
+        }
+    }
+}
+
+#[diagnostic::do_not_recommend]
+impl ImmediateFor<SqliteConnection> for Immediate {
+    type Begin = SqliteBegin;
+    fn __on(&self) -> bool {
+        true
+    }
+}
