@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Instruction counts for every scenario and variant of examples/bench_report.rs,
-# counted by `valgrind --tool=callgrind` (the figure the targets of issue 5 are
-# judged on; see BENCHMARKS.md).
+# counted by `valgrind --tool=callgrind` (the figure the cost targets are judged
+# on; see BENCHMARKS.md).
 #
 # Each scenario/variant runs twice, for a short and a long number of
 # transactions; instructions per transaction = (Ir(long) - Ir(short)) /

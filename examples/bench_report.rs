@@ -1,5 +1,5 @@
 //! The cost of hooks, side by side with raw Diesel and a hand-rolled queue,
-//! as ratios (issue 5; see BENCHMARKS.md for how to read the output).
+//! as ratios (see BENCHMARKS.md for how to read the output).
 //!
 //! ```text
 //! cargo run --release --example bench_report                 # timed, interleaved
@@ -43,7 +43,7 @@ use report::{allocations, callgrind_instructions, fmt_ns, summary, Counting};
 static GLOBAL: Counting = Counting;
 
 // ---------------------------------------------------------------------------
-// Targets (issue 5).
+// Targets (BENCHMARKS.md).
 
 /// The judged ratio of a scenario: wrapper / raw Diesel for hookless ones,
 /// wrapper / (raw Diesel + hand-rolled queue) where hooks are involved.
