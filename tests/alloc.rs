@@ -1,4 +1,4 @@
-//! SPEC rule 14: a transaction that registers no hook costs no heap
+//! Rule 14: a transaction that registers no hook costs no heap
 //! allocation in the wrapper, measured against raw Diesel with a counting
 //! allocator (thread-local counts, so parallel tests do not disturb it).
 

@@ -281,7 +281,7 @@ fn run_once(limit: usize, drop_inside_runtime: bool, tally: &mut Tally) -> bool 
                 );
                 tally.rolled_back += 1;
             } else {
-                // Rule 3: the COMMIT was in flight; its outcome is treated
+                // Rule C3: the COMMIT was in flight; its outcome is treated
                 // as failed although the database committed it.
                 assert!(
                     logs.contains("COMMIT was dropped while it ran"),

@@ -1,34 +1,32 @@
 //! PostgreSQL through the async wrapper (`AsyncHookedConnection<AsyncPgConnection>`,
-//! diesel-async 0.9): the rules of SPEC.md where backends differ, on a real
-//! server. The rules themselves are covered on SQLite in tests/async_sqlite.rs;
-//! pools in tests/async_pools.rs.
+//! diesel-async 0.9): the rules that only PostgreSQL shows (an aborted
+//! transaction, serialization failures, deferred constraints, a COMMIT in
+//! flight), on a real server; the rules that read the same on MySQL are
+//! written once in tests/async_backend_rules/ and stamped out here. The rules
+//! themselves are covered on SQLite in tests/async_sqlite.rs; pools in
+//! tests/async_pools.rs.
 //!
 //! Needs `POSTGRES_DATABASE_URL` (see `tests/common/mod.rs`); `bash .ci/run`
 //! starts the server and sets it. Each test works in a schema of its own
 //! (`PgSchema`; tokio-postgres honours its URL's `options=-csearch_path=..`).
 #![cfg(all(feature = "async", feature = "postgres"))]
 
+mod async_backend_rules;
 mod common;
 
+use std::future::Future;
 use std::time::Duration;
 
+use async_backend_rules::{is_broken, items, kind_and_message, AsyncTestDb};
 use common::async_conn::{async_pg_in, later, wait_for};
 use common::{Log, PgSchema};
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error};
-use diesel_async::pooled_connection::PoolableConnection;
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use diesel_on_commit::AsyncHookedConnection;
 use tokio::sync::Barrier;
 
 type Conn = AsyncHookedConnection<AsyncPgConnection>;
-
-diesel::table! {
-    items (id) {
-        id -> Int4,
-        name -> Text,
-    }
-}
 
 const CREATE_ITEMS: &str = "CREATE TABLE items (id INT4 PRIMARY KEY, name TEXT NOT NULL)";
 
@@ -92,222 +90,37 @@ async fn terminate(killer: &mut Conn, pid: i64) {
     assert_eq!(gone, 1, "backend {pid} did not terminate within 20s");
 }
 
-/// The kind and message of a database error, to compare errors.
-fn kind_and_message(error: &Error) -> (DatabaseErrorKind, String) {
-    match error {
-        Error::DatabaseError(kind, info) => (*kind, info.message().to_owned()),
-        other => panic!("expected a database error, got {other:?}"),
+impl AsyncTestDb for AsyncPgConnection {
+    type Db = PgSchema;
+    const CREATE_ITEMS: &'static str = CREATE_ITEMS;
+    const SLEEP_1S: &'static str = "SELECT pg_sleep(1)";
+    const KILLED: &'static str = "dead backend";
+
+    fn db() -> PgSchema {
+        PgSchema::new()
+    }
+    fn conn(db: &PgSchema) -> impl Future<Output = Conn> + Send {
+        async_pg_in(db)
+    }
+    fn session_id(conn: &mut Conn) -> impl Future<Output = i64> + Send {
+        backend_pid(conn)
+    }
+    fn kill(killer: &mut Conn, id: i64) -> impl Future<Output = ()> + Send {
+        terminate(killer, id)
+    }
+    fn insert(conn: &mut Conn, id: i32) -> impl Future<Output = QueryResult<usize>> + Send {
+        insert(conn, id)
+    }
+    fn ids(conn: &mut Conn) -> impl Future<Output = Vec<i32>> + Send {
+        ids(conn)
+    }
+    fn count(conn: &mut Conn, sql: &str) -> impl Future<Output = QueryResult<i64>> + Send {
+        count(conn, sql)
     }
 }
 
-fn is_broken(conn: &mut Conn) -> bool {
-    PoolableConnection::is_broken(conn)
-}
-
-// ---------------------------------------------------------------------------
-// Rules 1, 3, 4, 5.4, 13: commit, rollback, savepoints on a real server.
-// ---------------------------------------------------------------------------
-
-#[tokio::test]
-async fn pg_commit_awaits_sync_and_async_hooks_in_registration_order_after_commit() {
-    let (db, mut conn) = setup().await;
-    let log = Log::new();
-    let l = log.clone();
-    let mut observer = async_pg_in(&db).await;
-    conn.transaction::<_, Error, _>(async |c| {
-        insert(c, 1).await?;
-        c.on_commit(l.hook("sync 1"));
-        // Runs after COMMIT: another session already sees the row.
-        let l2 = l.clone();
-        c.on_commit_async(async move {
-            let seen = ids(&mut observer).await;
-            l2.push(format!("async 2: observer sees {seen:?}"));
-        });
-        let l3 = l.clone();
-        c.on_commit_with(async move |c: &mut Conn| -> QueryResult<()> {
-            l3.push(format!("with 3: in_transaction = {}", c.in_transaction()));
-            // A hook that opens a transaction gets a fresh one whose hooks
-            // run at its own commit, before the next hook (depth first).
-            let l4 = l3.clone();
-            c.transaction::<_, Error, _>(async move |c| {
-                insert(c, 2).await?;
-                c.on_commit_async(later(&l4, "hook's own transaction"));
-                Ok(())
-            })
-            .await?;
-            l3.push("with 3: end");
-            Ok(())
-        });
-        c.on_commit_robust(l.hook("robust 4"));
-        c.on_commit_async(later(&l, "async 5"));
-        assert!(l.get().is_empty(), "nothing runs before COMMIT");
-        Ok(())
-    })
-    .await
-    .unwrap();
-    assert_eq!(
-        log.take(),
-        [
-            "sync 1",
-            "async 2: observer sees [1]",
-            "with 3: in_transaction = false",
-            "hook's own transaction",
-            "with 3: end",
-            "robust 4",
-            "async 5",
-        ]
-    );
-    assert!(!conn.in_transaction());
-    assert_eq!(committed(&db).await, [1, 2]);
-}
-
-#[tokio::test]
-async fn pg_rollback_discards_on_commit_hooks_and_awaits_on_rollback_hooks_in_order() {
-    let (db, mut conn) = setup().await;
-    let log = Log::new();
-    let l = log.clone();
-    let result = conn
-        .transaction::<(), Error, _>(async |c| {
-            insert(c, 1).await?;
-            c.on_commit(l.hook("never"));
-            c.on_rollback(l.hook("rolled back 1"));
-            c.on_commit_async(later(&l, "never async"));
-            c.on_rollback_async(later(&l, "rolled back 2"));
-            c.on_rollback(l.hook("rolled back 3"));
-            Err(Error::RollbackTransaction)
-        })
-        .await;
-    assert!(
-        matches!(result, Err(Error::RollbackTransaction)),
-        "{result:?}"
-    );
-    assert_eq!(
-        log.take(),
-        ["rolled back 1", "rolled back 2", "rolled back 3"],
-        "on_rollback hooks are awaited before transaction() returns"
-    );
-    // A statement error propagated with `?` is a rollback too.
-    insert(&mut conn, 5).await.unwrap();
-    let l = log.clone();
-    let result = conn
-        .transaction::<(), Error, _>(async |c| {
-            c.on_commit(l.hook("never"));
-            c.on_rollback_async(later(&l, "duplicate rolled back"));
-            insert(c, 6).await?;
-            insert(c, 5).await?; // duplicate key
-            Ok(())
-        })
-        .await;
-    assert_eq!(
-        kind_and_message(&result.unwrap_err()).0,
-        DatabaseErrorKind::UniqueViolation
-    );
-    assert_eq!(log.take(), ["duplicate rolled back"]);
-    assert!(!conn.in_transaction());
-    assert_eq!(committed(&db).await, [5]);
-}
-
-#[tokio::test]
-async fn pg_savepoint_release_merges_hooks_and_savepoint_rollback_discards_them() {
-    let (db, mut conn) = setup().await;
-    let log = Log::new();
-    let l = log.clone();
-    conn.transaction::<_, Error, _>(async |c| {
-        insert(c, 1).await?;
-        c.on_commit(l.hook("outer, before"));
-        c.on_rollback(l.hook("outer rolled back"));
-        let l2 = l.clone();
-        c.transaction::<_, Error, _>(async move |c| {
-            insert(c, 2).await?;
-            c.on_commit_async(later(&l2, "released savepoint"));
-            c.on_rollback(l2.hook("never: released"));
-            let l3 = l2.clone();
-            c.transaction::<_, Error, _>(async move |c| {
-                c.on_commit(l3.hook("nested released savepoint"));
-                Ok(())
-            })
-            .await
-        })
-        .await?;
-        assert!(l.get().is_empty(), "a RELEASE SAVEPOINT ran hooks");
-        let l2 = l.clone();
-        let inner = c
-            .transaction::<(), Error, _>(async move |c| {
-                insert(c, 3).await?;
-                c.on_commit(l2.hook("never: savepoint rolled back"));
-                c.on_rollback(l2.hook("savepoint rolled back 1"));
-                let l3 = l2.clone();
-                c.transaction::<_, Error, _>(async move |c| {
-                    c.on_commit_async(later(&l3, "never: released into a rolled-back savepoint"));
-                    c.on_rollback_async(later(&l3, "savepoint rolled back 2"));
-                    Ok(())
-                })
-                .await?;
-                Err(Error::RollbackTransaction)
-            })
-            .await;
-        assert!(
-            matches!(inner, Err(Error::RollbackTransaction)),
-            "{inner:?}"
-        );
-        assert_eq!(
-            l.take(),
-            ["savepoint rolled back 1", "savepoint rolled back 2"],
-            "on_rollback hooks of the savepoint (and of one released into it) run at its rollback"
-        );
-        assert_eq!(
-            ids(c).await,
-            [1, 2],
-            "ROLLBACK TO SAVEPOINT undid its insert"
-        );
-        c.on_commit_async(later(&l, "outer, after"));
-        Ok(())
-    })
-    .await
-    .unwrap();
-    assert_eq!(
-        log.take(),
-        [
-            "outer, before",
-            "released savepoint",
-            "nested released savepoint",
-            "outer, after"
-        ]
-    );
-    assert_eq!(committed(&db).await, [1, 2]);
-}
-
-#[tokio::test]
-async fn pg_savepoint_rolled_back_by_a_statement_error_repairs_the_transaction() {
-    // PostgreSQL aborts the whole transaction on a statement error; rolling
-    // the savepoint back (the error propagated with `?`) repairs it.
-    let (db, mut conn) = setup().await;
-    let log = Log::new();
-    let l = log.clone();
-    conn.transaction::<_, Error, _>(async |c| {
-        insert(c, 1).await?;
-        c.on_commit(l.hook("outer"));
-        let l2 = l.clone();
-        let inner = c
-            .transaction::<usize, Error, _>(async move |c| {
-                c.on_commit(l2.hook("never"));
-                c.on_rollback_async(later(&l2, "savepoint rolled back"));
-                insert(c, 1).await // duplicate key
-            })
-            .await;
-        assert_eq!(
-            kind_and_message(&inner.unwrap_err()).0,
-            DatabaseErrorKind::UniqueViolation
-        );
-        assert_eq!(l.take(), ["savepoint rolled back"]);
-        insert(c, 2).await?; // usable again
-        Ok(())
-    })
-    .await
-    .unwrap();
-    assert_eq!(log.take(), ["outer"]);
-    assert_eq!(committed(&db).await, [1, 2]);
-}
+// The rules that read the same on MySQL (tests/async_backend_rules/).
+async_backend_rules::async_rule_tests!(AsyncPgConnection);
 
 // ---------------------------------------------------------------------------
 // Rule 5.3: work the database aborted, and a COMMIT that fails.
@@ -577,16 +390,15 @@ async fn pg_failed_commit_of_a_deferred_foreign_key_runs_on_rollback_and_returns
 }
 
 // ---------------------------------------------------------------------------
-// Rule 5.1-5.2: before_commit awaits queries and vetoes.
+// Rule 5.2: a before_commit hook vetoes (its query awaited inside the
+// transaction: tests/async_backend_rules/).
 // ---------------------------------------------------------------------------
 
 #[tokio::test]
-async fn pg_before_commit_awaits_a_query_inside_the_transaction_and_an_err_vetoes() {
-    let db = PgSchema::new();
-    let mut conn = async_pg_in(&db).await;
+async fn pg_before_commit_error_from_a_deferred_constraint_vetoes_the_commit() {
+    let (db, mut conn) = setup().await;
     conn.batch_execute(
-        "CREATE TABLE items (id INT4 PRIMARY KEY, name TEXT NOT NULL);
-         CREATE TABLE parents (id INT4 PRIMARY KEY);
+        "CREATE TABLE parents (id INT4 PRIMARY KEY);
          CREATE TABLE children (
              id INT4 PRIMARY KEY,
              parent_id INT4 NOT NULL REFERENCES parents (id) DEFERRABLE INITIALLY DEFERRED
@@ -594,31 +406,8 @@ async fn pg_before_commit_awaits_a_query_inside_the_transaction_and_an_err_vetoe
     )
     .await
     .unwrap();
+    insert(&mut conn, 1).await.unwrap();
     let log = Log::new();
-
-    // A before_commit hook that awaits queries inside the transaction; what
-    // it writes commits with the rest.
-    let l = log.clone();
-    conn.transaction::<_, Error, _>(async |c| {
-        insert(c, 1).await?;
-        let l2 = l.clone();
-        c.before_commit(async move |c: &mut Conn| {
-            assert!(
-                c.in_transaction(),
-                "before_commit runs inside the transaction"
-            );
-            let n = count(c, "SELECT count(*) AS n FROM items").await?;
-            insert(c, 100 + n as i32).await?;
-            l2.push(format!("before_commit saw {n} row"));
-            Ok(())
-        });
-        c.on_commit_async(later(&l, "committed"));
-        Ok(())
-    })
-    .await
-    .unwrap();
-    assert_eq!(log.take(), ["before_commit saw 1 row", "committed"]);
-    assert_eq!(committed(&db).await, [1, 101]);
 
     // A before_commit hook that checks the deferred constraints early: its
     // error vetoes the commit, the hooks after it do not run.
@@ -649,206 +438,14 @@ async fn pg_before_commit_awaits_a_query_inside_the_transaction_and_an_err_vetoe
     );
     assert_eq!(log.take(), ["rolled back"]);
     assert!(!conn.in_transaction());
-    assert_eq!(committed(&db).await, [1, 101]);
+    assert_eq!(committed(&db).await, [1]);
 }
 
 // ---------------------------------------------------------------------------
-// Rule 9: the backend dies with a transaction open.
+// Cancellation.
 // ---------------------------------------------------------------------------
 
-#[tokio::test]
-async fn pg_terminated_backend_fails_the_next_statement_runs_on_rollback_and_reports_broken() {
-    let (db, mut conn) = setup().await;
-    let mut killer = async_pg_in(&db).await;
-    let pid = backend_pid(&mut conn).await;
-    let log = Log::new();
-    let l = log.clone();
-    let result = conn
-        .transaction::<(), Error, _>(async |c| {
-            insert(c, 1).await?;
-            c.on_commit(l.hook("never"));
-            c.on_commit_async(later(&l, "never async"));
-            c.on_rollback(l.hook("rolled back"));
-            c.on_rollback_async(later(&l, "rolled back async"));
-            terminate(&mut killer, pid).await;
-            insert(c, 2).await?; // fails: the backend is gone
-            Ok(())
-        })
-        .await;
-    assert!(result.is_err(), "a statement on a dead backend returned Ok");
-    assert_eq!(log.take(), ["rolled back", "rolled back async"]);
-    assert!(!conn.in_transaction());
-    assert!(
-        is_broken(&mut conn),
-        "a pool must not reuse this connection"
-    );
-    // Rule 9: on a broken connection an on_commit hook is dropped, an
-    // on_rollback hook runs (the async wrapper: at its next step).
-    conn.on_commit(log.hook("late on_commit"));
-    conn.on_rollback(log.hook("late on_rollback"));
-    let again = conn
-        .transaction::<_, Error, _>(async |c| {
-            c.on_commit(l.hook("never again"));
-            Ok(())
-        })
-        .await;
-    assert!(
-        again.is_err(),
-        "a transaction on a dead backend returned Ok"
-    );
-    assert_eq!(log.take(), ["late on_rollback"]);
-    assert_eq!(committed(&db).await, Vec::<i32>::new());
-}
-
-#[tokio::test]
-async fn pg_terminated_backend_fails_the_commit_and_no_on_commit_hook_ever_runs() {
-    let (db, mut conn) = setup().await;
-    let mut killer = async_pg_in(&db).await;
-    let pid = backend_pid(&mut conn).await;
-    let log = Log::new();
-    let l = log.clone();
-    let result = conn
-        .transaction::<_, Error, _>(async |c| {
-            insert(c, 1).await?;
-            c.on_commit(l.hook("outer committed"));
-            c.on_rollback(l.hook("outer rolled back"));
-            let l2 = l.clone();
-            c.transaction::<_, Error, _>(async |c| {
-                c.on_commit_async(later(&l2, "savepoint committed"));
-                c.on_rollback_async(later(&l2, "savepoint rolled back"));
-                Ok(())
-            })
-            .await?;
-            terminate(&mut killer, pid).await;
-            Ok(()) // the next step is COMMIT
-        })
-        .await;
-    assert!(result.is_err(), "COMMIT on a dead backend returned Ok");
-    assert_eq!(log.take(), ["outer rolled back", "savepoint rolled back"]);
-    assert!(!conn.in_transaction());
-    assert!(
-        is_broken(&mut conn),
-        "a pool must not reuse this connection"
-    );
-    drop(conn);
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(
-        log.take().is_empty(),
-        "a hook ran when the wrapper was dropped"
-    );
-    assert_eq!(committed(&db).await, Vec::<i32>::new());
-}
-
-// ---------------------------------------------------------------------------
-// Cancellation: the caller's future dropped mid-body.
-// ---------------------------------------------------------------------------
-
-#[tokio::test]
-async fn pg_transaction_future_dropped_mid_body_commits_nothing_and_hands_on_rollback_to_a_task() {
-    let (db, mut conn) = setup().await;
-    let log = Log::new();
-    let l = log.clone();
-    let timed_out = tokio::time::timeout(
-        Duration::from_millis(300),
-        conn.transaction::<(), Error, _>(async |c| {
-            insert(c, 1).await?;
-            c.on_commit(l.hook("never"));
-            c.on_commit_async(later(&l, "never async"));
-            c.on_rollback(l.hook("rolled back"));
-            c.on_rollback_async(later(&l, "rolled back async"));
-            tokio::time::sleep(Duration::from_secs(60)).await;
-            Ok(())
-        }),
-    )
-    .await;
-    assert!(
-        timed_out.is_err(),
-        "the transaction finished: {timed_out:?}"
-    );
-    assert!(log.get().is_empty(), "a hook ran inside Drop");
-    assert!(
-        is_broken(&mut conn),
-        "a connection whose transaction was abandoned must not be reused"
-    );
-    assert!(!conn.in_transaction());
-    assert_eq!(
-        wait_for(&log, 2).await,
-        ["rolled back", "rolled back async"],
-        "the on_rollback hooks run on a spawned task"
-    );
-    assert_eq!(committed(&db).await, Vec::<i32>::new());
-    drop(conn);
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(log.take().len(), 2, "a hook ran twice");
-    assert_eq!(committed(&db).await, Vec::<i32>::new());
-}
-
-// ---------------------------------------------------------------------------
-// Rule 11: test transactions.
-// ---------------------------------------------------------------------------
-
-#[tokio::test]
-async fn pg_test_transaction_is_the_baseline_and_its_end_fires_nothing() {
-    let (db, mut conn) = setup().await;
-    let log = Log::new();
-    let l = log.clone();
-    conn.test_transaction::<_, Error, _>(async |c| {
-        assert!(!c.in_transaction(), "a test transaction alone is d == 0");
-        c.on_commit(l.hook("at once"));
-        assert_eq!(l.take(), ["at once"], "rule 2 applies at the baseline");
-        c.on_rollback(l.hook("dropped at d == 0"));
-        let l2 = l.clone();
-        c.transaction::<_, Error, _>(async move |c| {
-            assert!(c.in_transaction());
-            insert(c, 1).await?;
-            c.on_commit_async(later(&l2, "user commit"));
-            c.on_rollback(l2.hook("never"));
-            Ok(())
-        })
-        .await?;
-        assert_eq!(l.take(), ["user commit"]);
-        let l2 = l.clone();
-        let rolled_back = c
-            .transaction::<(), Error, _>(async move |c| {
-                insert(c, 2).await?;
-                c.on_commit(l2.hook("never"));
-                c.on_rollback_async(later(&l2, "user rollback"));
-                Err(Error::RollbackTransaction)
-            })
-            .await;
-        assert!(rolled_back.is_err());
-        assert_eq!(l.take(), ["user rollback"]);
-        assert_eq!(ids(c).await, [1]);
-        assert_eq!(
-            committed(&db).await,
-            Vec::<i32>::new(),
-            "the test transaction hides row 1"
-        );
-        Ok(())
-    })
-    .await;
-    assert_eq!(
-        log.take(),
-        Vec::<String>::new(),
-        "nothing fires when the test transaction ends"
-    );
-    assert!(!conn.in_transaction());
-    assert!(!is_broken(&mut conn));
-    assert_eq!(ids(&mut conn).await, Vec::<i32>::new(), "rolled back");
-    // Baseline gone: the next transaction is a real one.
-    let l = log.clone();
-    conn.transaction::<_, Error, _>(async |c| {
-        insert(c, 3).await?;
-        c.on_commit(l.hook("real commit"));
-        Ok(())
-    })
-    .await
-    .unwrap();
-    assert_eq!(log.take(), ["real commit"]);
-    assert_eq!(committed(&db).await, [3]);
-}
-
-// Cancellation rule 3 on PostgreSQL: the future is dropped while COMMIT is in
+// Rule C3 on PostgreSQL: the future is dropped while COMMIT is in
 // flight (a deferred constraint trigger makes COMMIT take 1 s). The outcome
 // is unknown to the wrapper, so it counts as failed: no on_commit hook ever
 // runs, the on_rollback hooks run on a spawned task, the connection is

@@ -1,4 +1,4 @@
-//! SPEC.md on the async wrapper, on SQLite (diesel-async's
+//! The rules on the async wrapper, on SQLite (diesel-async's
 //! `SyncConnectionWrapper<SqliteConnection>`): every rule, plus the async
 //! hook kinds. The backend-specific rules run on PostgreSQL and MySQL in
 //! tests/async_postgres.rs and tests/async_mysql.rs; cancellation in
@@ -619,7 +619,7 @@ async fn before_commit_hooks_can_register_more_hooks() {
     );
 }
 
-// Cancellation rule 1 inside a live transaction: a savepoint's future is
+// Rule C1 inside a live transaction: a savepoint's future is
 // dropped (a timeout in the body). Nothing commits; the on_rollback hooks of
 // every level run in registration order before the outer `transaction()`
 // returns its error; the connection is then refused.

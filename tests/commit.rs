@@ -1,4 +1,4 @@
-//! SPEC rule 5 on SQLite: the outermost commit — before_commit, a failed
+//! Rule 5 on SQLite: the outermost commit — before_commit, a failed
 //! COMMIT, and on_commit hooks running at d == 0.
 
 mod common;

@@ -1,4 +1,4 @@
-//! Fault injection on the real databases (issue 6, RELIABILITY.md). For each
+//! Fault injection on the real databases (RELIABILITY.md). For each
 //! fault: no `on_commit` hook runs for work that did not commit, the
 //! `on_rollback` hooks ran, the wrapper is usable again (or reports broken,
 //! so a pool drops it), and nothing panics that should not.

@@ -1,4 +1,4 @@
-//! SPEC rule 6 on SQLite: a hook's error or panic.
+//! Rule 6 on SQLite: a hook's error or panic.
 
 mod common;
 

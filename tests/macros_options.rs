@@ -1,4 +1,4 @@
-//! `#[atomic]`'s transaction options (issue 4): `immediate` and `retry = N`
+//! `#[atomic]`'s transaction options: `immediate` and `retry = N`
 //! on SQLite; `isolation`, `read_only` and `deferrable` on PostgreSQL and
 //! MySQL (features `postgres`, `mysql`). The options a backend lacks are
 //! compile errors: `tests/ui/atomic_option_*.rs`, `tests/ui/backends/`.

@@ -1,9 +1,9 @@
-//! Model-based property tests (issue 6, RELIABILITY.md): random programs of
+//! Model-based property tests (RELIABILITY.md): random programs of
 //! nested transactions, hooks of every kind (some failing, some panicking,
 //! some registering more hooks or opening transactions), inserts, failing
 //! statements, failing COMMITs (a deferred foreign key), test transactions
 //! and captures run against `HookedConnection` on a real database AND
-//! against a small pure reference model of SPEC.md written below. The log of
+//! against a small pure reference model of the rules written below. The log of
 //! everything that happened (which hooks ran, in what order; what every
 //! `transaction()` returned or which panic left it; what every statement
 //! did; how many hooks a capture took) and the rows in the database at the
@@ -291,7 +291,7 @@ struct Cap {
     hooks: Vec<(u32, Hook)>,
 }
 
-/// SPEC.md as a pure interpreter: no database, no real panics.
+/// The rules as a pure interpreter: no database, no real panics.
 struct Model {
     backend: Backend,
     outside: OutsideTransaction,
@@ -1205,7 +1205,7 @@ fn mysql_agrees_with_the_model() {
 
 // --------------------------------------------------------- the model itself
 
-/// The model is only worth something if it says what SPEC.md says on the
+/// The model is only worth something if it says what the rules say on the
 /// cases the other tests spell out by hand.
 #[test]
 fn the_model_knows_the_basic_rules() {

@@ -1,5 +1,6 @@
-//! MySQL / MariaDB: the rules of SPEC.md where backends differ, on a real
-//! server.
+//! MySQL / MariaDB: the rules that only MySQL shows, on a real server; the
+//! rules that read the same on PostgreSQL are written once in
+//! tests/backend_rules/ and stamped out here.
 //!
 //! Needs `MYSQL_DATABASE_URL` (see `tests/common/mod.rs`); `bash .ci/run`
 //! starts the server and sets it. Each test works in a database of its own
@@ -9,16 +10,15 @@
 //! reports it as `SerializationFailure`.
 #![cfg(feature = "mysql")]
 
+mod backend_rules;
 mod common;
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use common::{expect_panic, panic_text, Log, MysqlDb};
-use diesel::connection::{
-    DefaultLoadingMode, LoadConnection, SimpleConnection, TransactionManager,
-};
+use backend_rules::{items, kind_and_message, Item, TestDb};
+use common::{Log, MysqlDb};
+use diesel::connection::{DefaultLoadingMode, LoadConnection, SimpleConnection};
 use diesel::mysql::Mysql;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error};
@@ -26,41 +26,8 @@ use diesel_on_commit::HookedConnection;
 
 type DbConn = HookedConnection<MysqlConnection>;
 
-diesel::table! {
-    items (id) {
-        id -> Integer,
-        name -> Text,
-    }
-}
-
 const CREATE_ITEMS: &str =
     "CREATE TABLE items (id INTEGER PRIMARY KEY, name VARCHAR(255) NOT NULL) ENGINE=InnoDB";
-
-#[derive(
-    Debug,
-    Clone,
-    PartialEq,
-    Queryable,
-    QueryableByName,
-    Selectable,
-    Insertable,
-    Identifiable,
-    AsChangeset,
-)]
-#[diesel(table_name = items)]
-struct Item {
-    id: i32,
-    name: String,
-}
-
-impl Item {
-    fn new(id: i32) -> Self {
-        Self {
-            id,
-            name: format!("item {id}"),
-        }
-    }
-}
 
 fn insert<C: Connection<Backend = Mysql>>(conn: &mut C, id: i32) -> QueryResult<usize> {
     diesel::insert_into(items::table)
@@ -82,13 +49,6 @@ fn connection_id<C: Connection<Backend = Mysql> + LoadConnection>(conn: &mut C) 
     >("CONNECTION_ID()"))
     .get_result(conn)
     .expect("SELECT CONNECTION_ID()")
-}
-
-fn kind_and_message(error: &Error) -> (DatabaseErrorKind, String) {
-    match error {
-        Error::DatabaseError(kind, info) => (*kind, info.message().to_owned()),
-        other => panic!("expected a database error, got {other:?}"),
-    }
 }
 
 /// Kills connection `id` from another connection and waits until the server
@@ -113,146 +73,36 @@ fn kill(killer: &mut MysqlConnection, id: u64) {
     }
 }
 
-// ---------------------------------------------------------------------------
-// Rules 3, 4, 5.4, 13: levels follow savepoints on a real server.
-// ---------------------------------------------------------------------------
+impl TestDb for MysqlConnection {
+    type Db = MysqlDb;
+    const CREATE_ITEMS: &'static str = CREATE_ITEMS;
+    const KILLED: &'static str = "killed connection";
 
-#[test]
-fn savepoint_release_merges_hooks_into_the_enclosing_level() {
-    let db = MysqlDb::new();
-    let mut conn = db.conn();
-    conn.batch_execute(CREATE_ITEMS).unwrap();
-    let log = Log::new();
-    conn.transaction(|c| {
-        insert(c, 1)?;
-        c.on_commit(log.hook("outer, before"));
-        c.transaction(|c| {
-            insert(c, 2)?;
-            c.on_commit(log.hook("savepoint"));
-            c.on_rollback(log.hook("savepoint rolled back"));
-            c.transaction(|c| {
-                c.on_commit(log.hook("nested savepoint"));
-                Ok::<_, Error>(())
-            })
-        })?;
-        assert_eq!(
-            log.get(),
-            Vec::<String>::new(),
-            "a RELEASE SAVEPOINT ran hooks"
-        );
-        c.on_commit(log.hook("outer, after"));
-        Ok::<_, Error>(())
-    })
-    .unwrap();
-    assert_eq!(
-        log.take(),
-        [
-            "outer, before",
-            "savepoint",
-            "nested savepoint",
-            "outer, after"
-        ]
-    );
-    assert_eq!(ids(&mut db.plain()), [1, 2]);
+    fn db() -> MysqlDb {
+        MysqlDb::new()
+    }
+    fn conn(db: &MysqlDb) -> DbConn {
+        db.conn()
+    }
+    fn plain(db: &MysqlDb) -> Self {
+        db.plain()
+    }
+    fn session_id(conn: &mut DbConn) -> u64 {
+        connection_id(conn)
+    }
+    fn kill(killer: &mut Self, id: u64) {
+        kill(killer, id)
+    }
+    fn insert<C: Connection<Backend = Mysql>>(conn: &mut C, id: i32) -> QueryResult<usize> {
+        insert(conn, id)
+    }
+    fn ids<C: Connection<Backend = Mysql> + LoadConnection>(conn: &mut C) -> Vec<i32> {
+        ids(conn)
+    }
 }
 
-#[test]
-fn savepoint_rollback_discards_its_hooks_and_runs_on_rollback() {
-    let db = MysqlDb::new();
-    let mut conn = db.conn();
-    conn.batch_execute(CREATE_ITEMS).unwrap();
-    let log = Log::new();
-    conn.transaction(|c| {
-        insert(c, 1)?;
-        c.on_commit(log.hook("outer"));
-        c.on_rollback(log.hook("outer rolled back"));
-        let inner = c.transaction(|c| {
-            insert(c, 2)?;
-            c.on_commit(log.hook("savepoint"));
-            c.on_rollback(log.hook("savepoint rolled back"));
-            c.transaction(|c| {
-                c.on_commit(log.hook("released into the savepoint"));
-                c.on_rollback(log.hook("released savepoint rolled back"));
-                Ok::<_, Error>(())
-            })?;
-            Err::<(), _>(Error::RollbackTransaction)
-        });
-        assert!(
-            matches!(inner, Err(Error::RollbackTransaction)),
-            "{inner:?}"
-        );
-        assert_eq!(
-            log.take(),
-            ["savepoint rolled back", "released savepoint rolled back"]
-        );
-        assert_eq!(ids(c), [1], "ROLLBACK TO SAVEPOINT undid its insert");
-        // A statement error propagated out of a savepoint rolls it back too.
-        let failed = c.transaction(|c| {
-            c.on_commit(log.hook("failed savepoint"));
-            c.on_rollback(log.hook("failed savepoint rolled back"));
-            insert(c, 3)?;
-            insert(c, 1) // duplicate key
-        });
-        assert_eq!(
-            kind_and_message(&failed.unwrap_err()).0,
-            DatabaseErrorKind::UniqueViolation
-        );
-        assert_eq!(log.take(), ["failed savepoint rolled back"]);
-        c.on_commit(log.hook("outer, after"));
-        Ok::<_, Error>(())
-    })
-    .unwrap();
-    assert_eq!(log.take(), ["outer", "outer, after"]);
-    assert_eq!(ids(&mut db.plain()), [1]);
-}
-
-#[test]
-fn outermost_commit_fires_hooks_in_registration_order_after_commit() {
-    let db = MysqlDb::new();
-    let mut conn = db.conn();
-    conn.batch_execute(CREATE_ITEMS).unwrap();
-    let log = Log::new();
-    let mut observer = db.plain();
-    conn.transaction(|c| {
-        insert(c, 1)?;
-        c.on_commit(log.hook("plain"));
-        c.transaction(|c| {
-            insert(c, 2)?;
-            let with_log = log.clone();
-            c.on_commit_with(move |c: &mut DbConn| -> QueryResult<()> {
-                let log = with_log;
-                log.push(format!("with, in_transaction = {}", c.in_transaction()));
-                let inner_log = log.clone();
-                c.transaction(|c| {
-                    insert(c, 3)?;
-                    c.on_commit(move || inner_log.push("hook's own transaction"));
-                    Ok::<_, Error>(())
-                })?;
-                log.push("with, end");
-                Ok(())
-            });
-            c.transaction(|c| {
-                c.on_commit_robust(log.hook("robust"));
-                Ok::<_, Error>(())
-            })
-        })?;
-        let log = log.clone();
-        c.on_commit(move || log.push(format!("observer sees {:?}", ids(&mut observer))));
-        Ok::<_, Error>(())
-    })
-    .unwrap();
-    assert_eq!(
-        log.take(),
-        [
-            "plain",
-            "with, in_transaction = false",
-            "hook's own transaction",
-            "with, end",
-            "robust",
-            "observer sees [1, 2, 3]",
-        ]
-    );
-}
+// The rules that read the same on PostgreSQL (tests/backend_rules/).
+backend_rules::rule_tests!(MysqlConnection);
 
 // ---------------------------------------------------------------------------
 // Rule 5.3 on MySQL: a statement error does not abort the transaction; a
@@ -434,266 +284,6 @@ struct Pair {
 }
 
 // ---------------------------------------------------------------------------
-// Rule 9: the connection is killed with a transaction open.
-// ---------------------------------------------------------------------------
-
-#[test]
-fn killed_connection_fails_the_commit_runs_on_rollback_and_reports_broken() {
-    let db = MysqlDb::new();
-    let mut conn = db.conn();
-    let mut killer = db.plain();
-    conn.batch_execute(CREATE_ITEMS).unwrap();
-    let id = connection_id(&mut conn);
-    let log = Log::new();
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        conn.transaction(|c| {
-            insert(c, 1)?;
-            c.on_commit(log.hook("committed"));
-            c.on_rollback(log.hook("rolled back"));
-            kill(&mut killer, id);
-            Ok::<_, Error>(())
-        })
-    }))
-    .unwrap_or_else(|p| panic!("the wrapper panicked: {}", panic_text(&*p)));
-    assert!(result.is_err(), "COMMIT on a killed connection returned Ok");
-    assert_eq!(log.take(), ["rolled back"]);
-    assert!(!conn.in_transaction());
-    #[cfg(feature = "r2d2")]
-    assert!(
-        diesel::r2d2::R2D2Connection::is_broken(&mut conn),
-        "a pool must not reuse this connection"
-    );
-    assert!(
-        <DbConn as Connection>::TransactionManager::is_broken_transaction_manager(&mut conn),
-        "deadpool's recycle check must not reuse this connection"
-    );
-    conn.on_commit(log.hook("late on_commit"));
-    conn.on_rollback(log.hook("late on_rollback"));
-    assert_eq!(log.take(), ["late on_rollback"]);
-    let again = catch_unwind(AssertUnwindSafe(|| {
-        conn.transaction(|c| {
-            c.on_commit(log.hook("never"));
-            Ok::<_, Error>(())
-        })
-    }))
-    .unwrap_or_else(|p| panic!("the wrapper panicked: {}", panic_text(&*p)));
-    assert!(
-        again.is_err(),
-        "a transaction on a killed connection returned Ok"
-    );
-    assert!(log.take().is_empty());
-    assert_eq!(ids(&mut db.plain()), Vec::<i32>::new());
-}
-
-#[test]
-fn killed_connection_inside_a_savepoint_runs_every_levels_on_rollback() {
-    let db = MysqlDb::new();
-    let mut conn = db.conn();
-    let mut killer = db.plain();
-    conn.batch_execute(CREATE_ITEMS).unwrap();
-    let id = connection_id(&mut conn);
-    let log = Log::new();
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        conn.transaction(|c| {
-            insert(c, 1)?;
-            c.on_commit(log.hook("outer committed"));
-            c.on_rollback(log.hook("outer rolled back"));
-            let inner = c.transaction(|c| {
-                c.on_commit(log.hook("savepoint committed"));
-                c.on_rollback(log.hook("savepoint rolled back"));
-                kill(&mut killer, id);
-                let _ = insert(c, 2); // fails: the connection is gone; swallowed
-                Ok::<_, Error>(())
-            });
-            assert!(inner.is_err(), "RELEASE on a killed connection returned Ok");
-            Ok::<_, Error>(())
-        })
-    }))
-    .unwrap_or_else(|p| panic!("the wrapper panicked: {}", panic_text(&*p)));
-    assert!(result.is_err(), "COMMIT on a killed connection returned Ok");
-    assert_eq!(log.take(), ["outer rolled back", "savepoint rolled back"]);
-    #[cfg(feature = "r2d2")]
-    assert!(diesel::r2d2::R2D2Connection::is_broken(&mut conn));
-    assert!(<DbConn as Connection>::TransactionManager::is_broken_transaction_manager(&mut conn));
-    conn.on_commit(log.hook("late on_commit"));
-    conn.on_rollback(log.hook("late on_rollback"));
-    assert_eq!(log.take(), ["late on_rollback"]);
-    assert_eq!(ids(&mut db.plain()), Vec::<i32>::new());
-}
-
-#[test]
-fn killed_connection_inside_a_savepoint_leaves_no_transaction_open() {
-    // Rule 9: on a lost connection every level is discarded, and once the
-    // outermost `transaction()` has returned no user transaction is open.
-    // Diesel's MySQL manager keeps depth 2 after the failed RELEASE, and
-    // `in_transaction()` reports that stale depth although the wrapper's
-    // own levels are 0.
-    let db = MysqlDb::new();
-    let mut conn = db.conn();
-    let mut killer = db.plain();
-    let id = connection_id(&mut conn);
-    let result = conn.transaction(|c| {
-        let _ = c.transaction(|c| {
-            kill(&mut killer, id);
-            let _ = c.batch_execute("SELECT 1"); // fails: the connection is gone
-            Ok::<_, Error>(())
-        });
-        Ok::<_, Error>(())
-    });
-    assert!(result.is_err());
-    assert!(
-        !conn.in_transaction(),
-        "no user transaction can be open after transaction() returned"
-    );
-}
-
-#[test]
-fn panic_in_the_body_rolls_back_and_the_next_transaction_is_a_real_one() {
-    // Rule 7: Diesel alone would leave the transaction open, and the next
-    // `transaction()` would silently be a savepoint that never commits.
-    let db = MysqlDb::new();
-    let mut conn = db.conn();
-    conn.batch_execute(CREATE_ITEMS).unwrap();
-    let log = Log::new();
-    let message = expect_panic(|| {
-        conn.transaction(|c| -> QueryResult<()> {
-            insert(c, 1)?;
-            c.on_commit(log.hook("never"));
-            c.on_rollback(log.hook("rolled back"));
-            panic!("boom in the body")
-        })
-    });
-    assert_eq!(message, "boom in the body");
-    assert_eq!(log.take(), ["rolled back"]);
-    assert!(!conn.in_transaction());
-    conn.transaction(|c| {
-        insert(c, 2)?;
-        c.on_commit(log.hook("next"));
-        Ok::<_, Error>(())
-    })
-    .unwrap();
-    assert_eq!(log.take(), ["next"]);
-    assert_eq!(
-        ids(&mut db.plain()),
-        [2],
-        "the next transaction really committed"
-    );
-}
-
-// ---------------------------------------------------------------------------
-// Rule 8: a transaction the wrapper did not open.
-// ---------------------------------------------------------------------------
-
-#[test]
-fn registering_in_a_transaction_begun_on_the_inner_connection_panics() {
-    let db = MysqlDb::new();
-    let mut conn = db.conn();
-    let log = Log::new();
-    type InnerTm = <MysqlConnection as Connection>::TransactionManager;
-    InnerTm::begin_transaction(conn.inner_mut()).unwrap();
-    let message = expect_panic(|| conn.on_commit(log.hook("on_commit")));
-    assert!(
-        message.contains("did not open"),
-        "the panic should say the wrapper did not open the transaction: {message}"
-    );
-    let message = expect_panic(|| conn.on_rollback(log.hook("on_rollback")));
-    assert!(message.contains("did not open"), "{message}");
-    InnerTm::rollback_transaction(conn.inner_mut()).unwrap();
-    assert!(log.take().is_empty());
-    conn.transaction(|c| {
-        c.on_commit(log.hook("own transaction"));
-        Ok::<_, Error>(())
-    })
-    .unwrap();
-    assert_eq!(log.take(), ["own transaction"]);
-}
-
-// ---------------------------------------------------------------------------
-// Rules 10 and 11: test transactions, drop.
-// ---------------------------------------------------------------------------
-
-#[test]
-fn test_transaction_is_the_baseline_and_its_end_fires_nothing() {
-    let db = MysqlDb::new();
-    let mut conn = db.conn();
-    conn.batch_execute(CREATE_ITEMS).unwrap(); // DDL would commit a test transaction
-    let log = Log::new();
-    conn.test_transaction(|c| {
-        assert!(!c.in_transaction(), "a test transaction alone is d == 0");
-        c.on_commit(log.hook("at once"));
-        assert_eq!(log.take(), ["at once"], "rule 2 applies at the baseline");
-        c.on_rollback(log.hook("dropped at d == 0"));
-        c.transaction(|c| {
-            assert!(c.in_transaction());
-            insert(c, 1)?;
-            c.on_commit(log.hook("user commit"));
-            c.on_rollback(log.hook("never"));
-            Ok::<_, Error>(())
-        })?;
-        assert_eq!(log.take(), ["user commit"]);
-        let rolled_back = c.transaction(|c| {
-            insert(c, 2)?;
-            c.on_commit(log.hook("never"));
-            c.on_rollback(log.hook("user rollback"));
-            Err::<(), _>(Error::RollbackTransaction)
-        });
-        assert!(rolled_back.is_err());
-        assert_eq!(log.take(), ["user rollback"]);
-        assert_eq!(ids(c), [1]);
-        assert_eq!(
-            ids(&mut db.plain()),
-            Vec::<i32>::new(),
-            "the test transaction hides row 1"
-        );
-        Ok::<_, Error>(())
-    });
-    assert_eq!(
-        log.take(),
-        Vec::<String>::new(),
-        "nothing fires when the test transaction ends"
-    );
-    assert!(!conn.in_transaction());
-    assert_eq!(
-        ids(&mut conn),
-        Vec::<i32>::new(),
-        "the test transaction rolled back"
-    );
-    conn.transaction(|c| {
-        insert(c, 3)?;
-        c.on_commit(log.hook("real commit"));
-        Ok::<_, Error>(())
-    })
-    .unwrap();
-    assert_eq!(log.take(), ["real commit"]);
-    assert_eq!(ids(&mut db.plain()), [3]);
-}
-
-#[test]
-fn begin_test_transaction_is_the_baseline_and_drop_runs_only_on_rollback() {
-    let db = MysqlDb::new();
-    let mut conn = db.conn();
-    conn.batch_execute(CREATE_ITEMS).unwrap();
-    let log = Log::new();
-    conn.begin_test_transaction().unwrap();
-    assert!(!conn.in_transaction());
-    conn.transaction(|c| {
-        insert(c, 1)?;
-        c.on_commit(log.hook("user commit"));
-        Ok::<_, Error>(())
-    })
-    .unwrap();
-    assert_eq!(log.take(), ["user commit"]);
-    <DbConn as Connection>::TransactionManager::begin_transaction(&mut conn).unwrap();
-    insert(&mut conn, 2).unwrap();
-    conn.on_commit(log.hook("never"));
-    conn.on_rollback(log.hook("dropped mid-transaction"));
-    assert!(conn.in_transaction());
-    drop(conn);
-    assert_eq!(log.take(), ["dropped mid-transaction"]);
-    assert_eq!(ids(&mut db.plain()), Vec::<i32>::new());
-}
-
-// ---------------------------------------------------------------------------
 // Ordinary Diesel through the wrapper (no RETURNING on MySQL).
 // ---------------------------------------------------------------------------
 
@@ -802,6 +392,7 @@ mod migrations {
 #[cfg(feature = "r2d2")]
 #[test]
 fn r2d2_pool_of_hooked_mysql_connections_fires_hooks_and_carries_none_to_the_next_checkout() {
+    use diesel::connection::TransactionManager;
     use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
     type Pooled = PooledConnection<ConnectionManager<DbConn>>;
 

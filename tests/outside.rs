@@ -1,4 +1,4 @@
-//! SPEC rule 2 on SQLite: hooks registered outside a transaction.
+//! Rule 2 on SQLite: hooks registered outside a transaction.
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! Panics everywhere (issue 6, RELIABILITY.md), on SQLite: in the body at
+//! Panics everywhere (RELIABILITY.md), on SQLite: in the body at
 //! every depth, in `before_commit`, `on_commit`, `on_commit_with`,
 //! `on_commit_robust`, `on_rollback` (after an `Err`, during a body panic,
 //! during a `before_commit` panic, after a failed COMMIT), in hooks of

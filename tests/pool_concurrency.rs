@@ -1,4 +1,4 @@
-//! Pools under concurrency (issue 6, RELIABILITY.md): r2d2 and
+//! Pools under concurrency (RELIABILITY.md): r2d2 and
 //! deadpool-diesel pools of 8 wrapped connections, 16 threads (tasks) ×
 //! `POOL_TX_PER_THREAD` transactions each (default 50; CI sets 500), on
 //! PostgreSQL and MySQL, with random commits, rollbacks, inner savepoint

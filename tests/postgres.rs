@@ -1,61 +1,33 @@
-//! PostgreSQL: the rules of SPEC.md where backends differ, on a real server.
+//! PostgreSQL: the rules that only PostgreSQL shows (deferred constraints,
+//! serialization failures, an aborted transaction, `RETURNING`, custom
+//! types, pools), on a real server; the rules that read the same on MySQL
+//! are written once in tests/backend_rules/ and stamped out here.
 //!
 //! Needs `POSTGRES_DATABASE_URL` (see `tests/common/mod.rs`); `bash .ci/run`
 //! starts the server and sets it. Each test works in a schema of its own
 //! (`PgSchema`), so the tests can run in parallel on one shared database.
 #![cfg(feature = "postgres")]
 
+mod backend_rules;
 mod common;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{capture_logs, expect_panic, panic_text, signal, Log, PgSchema};
+use backend_rules::{items, kind_and_message, Item, TestDb};
+use common::{capture_logs, signal, Log, PgSchema};
 use diesel::connection::{
     DefaultLoadingMode, LoadConnection, SimpleConnection, TransactionManager,
 };
 use diesel::pg::{Pg, PgRowByRowLoadingMode};
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error};
-use diesel_on_commit::{HookedConnection, TransactionHooks};
+use diesel_on_commit::HookedConnection;
 
 type DbConn = HookedConnection<PgConnection>;
 
-diesel::table! {
-    items (id) {
-        id -> Int4,
-        name -> Text,
-    }
-}
-
 const CREATE_ITEMS: &str = "CREATE TABLE items (id INT4 PRIMARY KEY, name TEXT NOT NULL)";
-
-#[derive(
-    Debug,
-    Clone,
-    PartialEq,
-    Queryable,
-    QueryableByName,
-    Selectable,
-    Insertable,
-    Identifiable,
-    AsChangeset,
-)]
-#[diesel(table_name = items)]
-struct Item {
-    id: i32,
-    name: String,
-}
-
-impl Item {
-    fn new(id: i32) -> Self {
-        Self {
-            id,
-            name: format!("item {id}"),
-        }
-    }
-}
 
 fn insert<C: Connection<Backend = Pg>>(conn: &mut C, id: i32) -> QueryResult<usize> {
     diesel::insert_into(items::table)
@@ -79,14 +51,6 @@ fn backend_pid<C: Connection<Backend = Pg> + LoadConnection>(conn: &mut C) -> i3
     .expect("SELECT pg_backend_pid()")
 }
 
-/// The kind and message of a database error, to compare errors.
-fn kind_and_message(error: &Error) -> (DatabaseErrorKind, String) {
-    match error {
-        Error::DatabaseError(kind, info) => (*kind, info.message().to_owned()),
-        other => panic!("expected a database error, got {other:?}"),
-    }
-}
-
 /// Terminates backend `pid` from another connection and waits until it is gone.
 fn terminate(killer: &mut PgConnection, pid: i32) {
     let gone: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
@@ -97,167 +61,36 @@ fn terminate(killer: &mut PgConnection, pid: i32) {
     assert!(gone, "backend {pid} did not terminate within 20s");
 }
 
-// ---------------------------------------------------------------------------
-// Rules 3, 4, 5.4, 13: levels follow savepoints on a real server.
-// ---------------------------------------------------------------------------
+impl TestDb for PgConnection {
+    type Db = PgSchema;
+    const CREATE_ITEMS: &'static str = CREATE_ITEMS;
+    const KILLED: &'static str = "dead backend";
 
-#[test]
-fn savepoint_release_merges_hooks_into_the_enclosing_level() {
-    let db = PgSchema::new();
-    let mut conn = db.conn();
-    conn.batch_execute(CREATE_ITEMS).unwrap();
-    let log = Log::new();
-    conn.transaction(|c| {
-        insert(c, 1)?;
-        c.on_commit(log.hook("outer, before"));
-        c.transaction(|c| {
-            insert(c, 2)?;
-            c.on_commit(log.hook("savepoint"));
-            c.on_rollback(log.hook("savepoint rolled back"));
-            c.transaction(|c| {
-                c.on_commit(log.hook("nested savepoint"));
-                Ok::<_, Error>(())
-            })
-        })?;
-        assert_eq!(
-            log.get(),
-            Vec::<String>::new(),
-            "a RELEASE SAVEPOINT ran hooks"
-        );
-        c.on_commit(log.hook("outer, after"));
-        Ok::<_, Error>(())
-    })
-    .unwrap();
-    assert_eq!(
-        log.take(),
-        [
-            "outer, before",
-            "savepoint",
-            "nested savepoint",
-            "outer, after"
-        ]
-    );
-    assert_eq!(ids(&mut db.plain()), [1, 2]);
+    fn db() -> PgSchema {
+        PgSchema::new()
+    }
+    fn conn(db: &PgSchema) -> DbConn {
+        db.conn()
+    }
+    fn plain(db: &PgSchema) -> Self {
+        db.plain()
+    }
+    fn session_id(conn: &mut DbConn) -> u64 {
+        backend_pid(conn) as u64
+    }
+    fn kill(killer: &mut Self, id: u64) {
+        terminate(killer, id as i32)
+    }
+    fn insert<C: Connection<Backend = Pg>>(conn: &mut C, id: i32) -> QueryResult<usize> {
+        insert(conn, id)
+    }
+    fn ids<C: Connection<Backend = Pg> + LoadConnection>(conn: &mut C) -> Vec<i32> {
+        ids(conn)
+    }
 }
 
-#[test]
-fn savepoint_rollback_discards_its_hooks_and_runs_on_rollback() {
-    let db = PgSchema::new();
-    let mut conn = db.conn();
-    conn.batch_execute(CREATE_ITEMS).unwrap();
-    let log = Log::new();
-    conn.transaction(|c| {
-        insert(c, 1)?;
-        c.on_commit(log.hook("outer"));
-        c.on_rollback(log.hook("outer rolled back"));
-        let inner = c.transaction(|c| {
-            insert(c, 2)?;
-            c.on_commit(log.hook("savepoint"));
-            c.on_rollback(log.hook("savepoint rolled back"));
-            c.transaction(|c| {
-                c.on_commit(log.hook("released into the savepoint"));
-                c.on_rollback(log.hook("released savepoint rolled back"));
-                Ok::<_, Error>(())
-            })?;
-            Err::<(), _>(Error::RollbackTransaction)
-        });
-        assert!(
-            matches!(inner, Err(Error::RollbackTransaction)),
-            "{inner:?}"
-        );
-        assert_eq!(
-            log.take(),
-            ["savepoint rolled back", "released savepoint rolled back"],
-            "on_rollback hooks of the savepoint run at once, in registration order"
-        );
-        assert_eq!(ids(c), [1], "ROLLBACK TO SAVEPOINT undid its insert");
-        c.on_commit(log.hook("outer, after"));
-        Ok::<_, Error>(())
-    })
-    .unwrap();
-    assert_eq!(log.take(), ["outer", "outer, after"]);
-    assert_eq!(ids(&mut db.plain()), [1]);
-}
-
-#[test]
-fn savepoint_rolled_back_by_a_statement_error_discards_its_hooks_and_the_transaction_goes_on() {
-    // PostgreSQL aborts the whole transaction on a statement error; rolling
-    // the savepoint back repairs it.
-    let db = PgSchema::new();
-    let mut conn = db.conn();
-    conn.batch_execute(CREATE_ITEMS).unwrap();
-    let log = Log::new();
-    conn.transaction(|c| {
-        insert(c, 1)?;
-        c.on_commit(log.hook("outer"));
-        let inner = c.transaction(|c| {
-            c.on_commit(log.hook("savepoint"));
-            c.on_rollback(log.hook("savepoint rolled back"));
-            insert(c, 1) // duplicate key
-        });
-        assert_eq!(
-            kind_and_message(&inner.unwrap_err()).0,
-            DatabaseErrorKind::UniqueViolation
-        );
-        assert_eq!(log.take(), ["savepoint rolled back"]);
-        insert(c, 2)?; // the transaction is usable again
-        Ok::<_, Error>(())
-    })
-    .unwrap();
-    assert_eq!(log.take(), ["outer"]);
-    assert_eq!(ids(&mut db.plain()), [1, 2]);
-}
-
-#[test]
-fn outermost_commit_fires_hooks_in_registration_order_after_commit() {
-    let db = PgSchema::new();
-    let mut conn = db.conn();
-    conn.batch_execute(CREATE_ITEMS).unwrap();
-    let log = Log::new();
-    let mut observer = db.plain();
-    conn.transaction(|c| {
-        insert(c, 1)?;
-        c.on_commit(log.hook("plain"));
-        c.transaction(|c| {
-            insert(c, 2)?;
-            let with_log = log.clone();
-            c.on_commit_with(move |c: &mut DbConn| -> QueryResult<()> {
-                let log = with_log;
-                log.push(format!("with, in_transaction = {}", c.in_transaction()));
-                // A hook that opens a transaction gets a fresh one, whose
-                // hooks run at its own commit (depth first).
-                let inner_log = log.clone();
-                c.transaction(|c| {
-                    insert(c, 3)?;
-                    c.on_commit(move || inner_log.push("hook's own transaction"));
-                    Ok::<_, Error>(())
-                })?;
-                log.push("with, end");
-                Ok(())
-            });
-            c.transaction(|c| {
-                c.on_commit_robust(log.hook("robust"));
-                Ok::<_, Error>(())
-            })
-        })?;
-        // Runs after COMMIT: another session already sees every row.
-        let log = log.clone();
-        c.on_commit(move || log.push(format!("observer sees {:?}", ids(&mut observer))));
-        Ok::<_, Error>(())
-    })
-    .unwrap();
-    assert_eq!(
-        log.take(),
-        [
-            "plain",
-            "with, in_transaction = false",
-            "hook's own transaction",
-            "with, end",
-            "robust",
-            "observer sees [1, 2, 3]",
-        ]
-    );
-}
+// The rules that read the same on MySQL (tests/backend_rules/).
+backend_rules::rule_tests!(PgConnection);
 
 // ---------------------------------------------------------------------------
 // Rule 5.3: a COMMIT that fails.
@@ -653,127 +486,6 @@ fn swallowed_error_that_bypassed_the_wrapper_still_fails_the_commit() {
 }
 
 // ---------------------------------------------------------------------------
-// Rule 9: the backend dies with a transaction open.
-// ---------------------------------------------------------------------------
-
-#[test]
-fn killed_backend_fails_the_commit_runs_on_rollback_and_reports_broken() {
-    let db = PgSchema::new();
-    let mut conn = db.conn();
-    let mut killer = db.plain();
-    conn.batch_execute(CREATE_ITEMS).unwrap();
-    let pid = backend_pid(&mut conn);
-    let log = Log::new();
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        conn.transaction(|c| {
-            insert(c, 1)?;
-            c.on_commit(log.hook("committed"));
-            c.on_rollback(log.hook("rolled back"));
-            terminate(&mut killer, pid);
-            Ok::<_, Error>(())
-        })
-    }))
-    .unwrap_or_else(|p| panic!("the wrapper panicked: {}", panic_text(&*p)));
-    assert!(result.is_err(), "COMMIT on a dead backend returned Ok");
-    assert_eq!(log.take(), ["rolled back"]);
-    assert!(!conn.in_transaction());
-    #[cfg(feature = "r2d2")]
-    assert!(
-        diesel::r2d2::R2D2Connection::is_broken(&mut conn),
-        "a pool must not reuse this connection"
-    );
-    assert!(
-        <DbConn as Connection>::TransactionManager::is_broken_transaction_manager(&mut conn),
-        "deadpool's recycle check must not reuse this connection"
-    );
-    // Rule 9: on a broken connection a new on_rollback hook runs at once,
-    // an on_commit hook is dropped.
-    conn.on_commit(log.hook("late on_commit"));
-    conn.on_rollback(log.hook("late on_rollback"));
-    assert_eq!(log.take(), ["late on_rollback"]);
-    let again = catch_unwind(AssertUnwindSafe(|| {
-        conn.transaction(|c| {
-            c.on_commit(log.hook("never"));
-            Ok::<_, Error>(())
-        })
-    }))
-    .unwrap_or_else(|p| panic!("the wrapper panicked: {}", panic_text(&*p)));
-    assert!(
-        again.is_err(),
-        "a transaction on a dead backend returned Ok"
-    );
-    assert!(log.take().is_empty());
-    assert_eq!(ids(&mut db.plain()), Vec::<i32>::new());
-}
-
-#[test]
-fn killed_backend_inside_a_savepoint_runs_every_levels_on_rollback() {
-    let db = PgSchema::new();
-    let mut conn = db.conn();
-    let mut killer = db.plain();
-    conn.batch_execute(CREATE_ITEMS).unwrap();
-    let pid = backend_pid(&mut conn);
-    let log = Log::new();
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        conn.transaction(|c| {
-            insert(c, 1)?;
-            c.on_commit(log.hook("outer committed"));
-            c.on_rollback(log.hook("outer rolled back"));
-            let inner = c.transaction(|c| {
-                c.on_commit(log.hook("savepoint committed"));
-                c.on_rollback(log.hook("savepoint rolled back"));
-                terminate(&mut killer, pid);
-                let _ = insert(c, 2); // fails: the backend is gone; swallowed
-                Ok::<_, Error>(())
-            });
-            assert!(inner.is_err(), "RELEASE on a dead backend returned Ok");
-            Ok::<_, Error>(())
-        })
-    }))
-    .unwrap_or_else(|p| panic!("the wrapper panicked: {}", panic_text(&*p)));
-    assert!(result.is_err(), "COMMIT on a dead backend returned Ok");
-    let ran = log.take();
-    assert_eq!(ran, ["outer rolled back", "savepoint rolled back"]);
-    assert!(!conn.in_transaction());
-    #[cfg(feature = "r2d2")]
-    assert!(diesel::r2d2::R2D2Connection::is_broken(&mut conn));
-    assert!(<DbConn as Connection>::TransactionManager::is_broken_transaction_manager(&mut conn));
-}
-
-#[test]
-fn panic_in_the_body_rolls_back_and_the_next_transaction_is_a_real_one() {
-    // Rule 7: Diesel alone would leave the transaction open, and the next
-    // `transaction()` would silently be a savepoint that never commits.
-    let db = PgSchema::new();
-    let mut conn = db.conn();
-    conn.batch_execute(CREATE_ITEMS).unwrap();
-    let log = Log::new();
-    let message = expect_panic(|| {
-        conn.transaction(|c| -> QueryResult<()> {
-            insert(c, 1)?;
-            c.on_commit(log.hook("never"));
-            c.on_rollback(log.hook("rolled back"));
-            panic!("boom in the body")
-        })
-    });
-    assert_eq!(message, "boom in the body");
-    assert_eq!(log.take(), ["rolled back"]);
-    assert!(!conn.in_transaction());
-    conn.transaction(|c| {
-        insert(c, 2)?;
-        c.on_commit(log.hook("next"));
-        Ok::<_, Error>(())
-    })
-    .unwrap();
-    assert_eq!(log.take(), ["next"]);
-    assert_eq!(
-        ids(&mut db.plain()),
-        [2],
-        "the next transaction really committed"
-    );
-}
-
-// ---------------------------------------------------------------------------
 // Rule 8: transactions the wrapper did not open.
 // ---------------------------------------------------------------------------
 
@@ -819,119 +531,8 @@ fn raw_commit_or_rollback_makes_levels_vanish_and_neither_kind_of_hook_runs() {
     }
 }
 
-#[test]
-fn registering_in_a_transaction_begun_on_the_inner_connection_panics() {
-    let db = PgSchema::new();
-    let mut conn = db.conn();
-    let log = Log::new();
-    type InnerTm = <PgConnection as Connection>::TransactionManager;
-    InnerTm::begin_transaction(conn.inner_mut()).unwrap();
-    let message = expect_panic(|| conn.on_commit(log.hook("on_commit")));
-    assert!(
-        message.contains("did not open"),
-        "the panic should say the wrapper did not open the transaction: {message}"
-    );
-    let message = expect_panic(|| conn.on_rollback(log.hook("on_rollback")));
-    assert!(message.contains("did not open"), "{message}");
-    InnerTm::rollback_transaction(conn.inner_mut()).unwrap();
-    assert!(log.take().is_empty());
-    conn.transaction(|c| {
-        c.on_commit(log.hook("own transaction"));
-        Ok::<_, Error>(())
-    })
-    .unwrap();
-    assert_eq!(log.take(), ["own transaction"]);
-}
-
 // ---------------------------------------------------------------------------
-// Rules 10 and 11: test transactions, drop.
-// ---------------------------------------------------------------------------
-
-#[test]
-fn test_transaction_is_the_baseline_and_its_end_fires_nothing() {
-    let db = PgSchema::new();
-    let mut conn = db.conn();
-    conn.batch_execute(CREATE_ITEMS).unwrap();
-    let log = Log::new();
-    conn.test_transaction(|c| {
-        assert!(!c.in_transaction(), "a test transaction alone is d == 0");
-        c.on_commit(log.hook("at once"));
-        assert_eq!(log.take(), ["at once"], "rule 2 applies at the baseline");
-        c.on_rollback(log.hook("dropped at d == 0"));
-        c.transaction(|c| {
-            assert!(c.in_transaction());
-            insert(c, 1)?;
-            c.on_commit(log.hook("user commit"));
-            c.on_rollback(log.hook("never"));
-            Ok::<_, Error>(())
-        })?;
-        assert_eq!(log.take(), ["user commit"]);
-        let rolled_back = c.transaction(|c| {
-            insert(c, 2)?;
-            c.on_commit(log.hook("never"));
-            c.on_rollback(log.hook("user rollback"));
-            Err::<(), _>(Error::RollbackTransaction)
-        });
-        assert!(rolled_back.is_err());
-        assert_eq!(log.take(), ["user rollback"]);
-        assert_eq!(ids(c), [1]);
-        assert_eq!(
-            ids(&mut db.plain()),
-            Vec::<i32>::new(),
-            "the test transaction hides row 1"
-        );
-        Ok::<_, Error>(())
-    });
-    assert_eq!(
-        log.take(),
-        Vec::<String>::new(),
-        "nothing fires when the test transaction ends"
-    );
-    assert!(!conn.in_transaction());
-    assert_eq!(
-        ids(&mut conn),
-        Vec::<i32>::new(),
-        "the test transaction rolled back"
-    );
-    // Baseline gone: the next transaction is a real one.
-    conn.transaction(|c| {
-        insert(c, 3)?;
-        c.on_commit(log.hook("real commit"));
-        Ok::<_, Error>(())
-    })
-    .unwrap();
-    assert_eq!(log.take(), ["real commit"]);
-    assert_eq!(ids(&mut db.plain()), [3]);
-}
-
-#[test]
-fn begin_test_transaction_is_the_baseline_and_drop_runs_only_on_rollback() {
-    let db = PgSchema::new();
-    let mut conn = db.conn();
-    conn.batch_execute(CREATE_ITEMS).unwrap();
-    let log = Log::new();
-    conn.begin_test_transaction().unwrap();
-    assert!(!conn.in_transaction());
-    conn.transaction(|c| {
-        insert(c, 1)?;
-        c.on_commit(log.hook("user commit"));
-        Ok::<_, Error>(())
-    })
-    .unwrap();
-    assert_eq!(log.take(), ["user commit"]);
-    // A user level left open when the connection is dropped (rule 10).
-    <DbConn as Connection>::TransactionManager::begin_transaction(&mut conn).unwrap();
-    insert(&mut conn, 2).unwrap();
-    conn.on_commit(log.hook("never"));
-    conn.on_rollback(log.hook("dropped mid-transaction"));
-    assert!(conn.in_transaction());
-    drop(conn);
-    assert_eq!(log.take(), ["dropped mid-transaction"]);
-    assert_eq!(ids(&mut db.plain()), Vec::<i32>::new());
-}
-
-// ---------------------------------------------------------------------------
-// Ordinary Diesel through the wrapper (issue 2, "Build" 2).
+// Ordinary Diesel through the wrapper.
 // ---------------------------------------------------------------------------
 
 #[test]
@@ -1168,7 +769,7 @@ mod custom_type {
 }
 
 // ---------------------------------------------------------------------------
-// Pools (issue 2, "Pools"; rule 7's pooled path).
+// Pools (rule 7's pooled path).
 // ---------------------------------------------------------------------------
 
 #[cfg(feature = "r2d2")]
@@ -1565,26 +1166,4 @@ mod deadpool_pool {
         );
         assert_eq!(ids(&mut db.plain()), Vec::<i32>::new());
     }
-}
-
-/// `TransactionHooks` is usable generically on a PostgreSQL wrapper.
-#[test]
-fn transaction_hooks_trait_registers_on_postgres() {
-    fn notify<T: TransactionHooks>(conn: &mut T, log: &Log) {
-        conn.on_commit(log.hook("generic on_commit"));
-        conn.on_rollback(log.hook("generic on_rollback"));
-    }
-    let db = PgSchema::new();
-    let mut conn = db.conn();
-    let log = Log::new();
-    conn.transaction(|c| {
-        notify(c, &log);
-        Ok::<_, Error>(())
-    })
-    .unwrap();
-    let _ = conn.transaction(|c| {
-        notify(c, &log);
-        Err::<(), _>(Error::RollbackTransaction)
-    });
-    assert_eq!(log.take(), ["generic on_commit", "generic on_rollback"]);
 }

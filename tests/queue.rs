@@ -1,4 +1,4 @@
-//! SPEC rules 1, 3, 4 and 13 on SQLite: queueing, savepoint release,
+//! Rules 1, 3, 4 and 13 on SQLite: queueing, savepoint release,
 //! rollback, order.
 
 mod common;

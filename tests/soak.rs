@@ -1,4 +1,4 @@
-//! Soak (issue 6, RELIABILITY.md): one million transactions with hooks on
+//! Soak (RELIABILITY.md): one million transactions with hooks on
 //! one SQLite wrapper; memory must stay flat. Ignored by default (not run
 //! in CI):
 //!

@@ -1,4 +1,4 @@
-//! SPEC rules 11 and 12 on SQLite: test transactions and capture.
+//! Rules 11 and 12 on SQLite: test transactions and capture.
 
 mod common;
 

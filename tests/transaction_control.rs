@@ -1,4 +1,4 @@
-//! Issue 4: transaction options through the wrapper, and retries that keep
+//! Transaction options through the wrapper, and retries that keep
 //! hook semantics (only the attempt that commits fires).
 
 mod common;
@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use common::{sqlite, Log};
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error};

@@ -1,4 +1,4 @@
-//! SPEC rules 7–10 on SQLite: panics in the body, transactions the wrapper
+//! Rules 7–10 on SQLite: panics in the body, transactions the wrapper
 //! did not open, broken connections, dropping mid-transaction.
 
 mod common;
