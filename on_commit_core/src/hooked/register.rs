@@ -216,7 +216,10 @@ impl<C: Connection> HookedConnection<C> {
     #[cold]
     #[inline(never)]
     fn run_at_once(&mut self, label: HookLabel, hook: CommitHook<C>) {
-        let panics = self.run_commit_hooks([(label, hook)]);
+        let panics = self.run_commit_hooks([Entry {
+            label,
+            hook: Hook::Commit(hook),
+        }]);
         panics.finish(
             self.state.hook_panics(),
             false,

@@ -10,11 +10,12 @@ use diesel::connection::{Connection, TransactionManager};
 use diesel::result::QueryResult;
 
 use crate::hooked::connection::{HookedConnection, Inner};
-use crate::hooked::hooks::CommitHook;
+use crate::hooked::hooks::{CommitHook, Hook};
 use crate::hooked::manager::HookedTransactionManager;
 use crate::rules::baseline::{assert_no_transaction, test_outcome};
 use crate::rules::capture::Capture;
 use crate::rules::label::HookLabel;
+use crate::rules::queue::Entry;
 
 /// The `on_commit`-kind hooks captured by
 /// [`HookedConnection::capture_on_commit`], in the order they would have run.
@@ -47,7 +48,11 @@ impl<C: Connection> CapturedHooks<C> {
     /// connection's [`HookPanics`](crate::HookPanics) policy once all ran).
     /// Does nothing for hooks captured with [`Capture::Execute`].
     pub fn run(self, conn: &mut HookedConnection<C>) {
-        let panics = conn.run_commit_hooks(self.labels.into_iter().zip(self.hooks));
+        let hooks = self.labels.into_iter().zip(self.hooks);
+        let panics = conn.run_commit_hooks(hooks.map(|(label, hook)| Entry {
+            label,
+            hook: Hook::Commit(hook),
+        }));
         panics.finish(
             conn.state.hook_panics(),
             false,
