@@ -39,6 +39,7 @@
 //! loses it; work that must happen needs an outbox row written in the same
 //! transaction.
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 
 pub use on_commit_core::*;

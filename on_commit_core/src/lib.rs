@@ -23,6 +23,7 @@
 //!
 #![doc = include_str!("../CONTRACT.md")]
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations)]
 

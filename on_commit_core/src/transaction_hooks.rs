@@ -37,7 +37,7 @@ use crate::rules::failures::HookResult;
 pub trait TransactionHooks {
     /// Runs `f` after the outermost COMMIT succeeded; discarded on rollback.
     /// Outside a transaction the connection's [`OutsideTransaction`](crate::OutsideTransaction) policy
-    /// decides. See [`HookedConnection::on_commit`].
+    /// decides. See [`HookedConnection::on_commit`](crate::HookedConnection::on_commit).
     #[track_caller]
     fn on_commit<F, R>(&mut self, f: F)
     where
@@ -53,7 +53,7 @@ pub trait TransactionHooks {
         R: HookResult;
 
     /// Runs `f` after the level it was registered in (or an enclosing one)
-    /// rolled back. See [`HookedConnection::on_rollback`].
+    /// rolled back. See [`HookedConnection::on_rollback`](crate::HookedConnection::on_rollback).
     #[track_caller]
     fn on_rollback<F, R>(&mut self, f: F)
     where

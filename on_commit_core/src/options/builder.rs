@@ -46,6 +46,11 @@ where
     C: Connection<TransactionManager = AnsiTransactionManager>,
     O: BeginStatement<C>,
 {
+    // Called by the backends' `build_transaction()`; none without a backend.
+    #[cfg_attr(
+        not(any(feature = "postgres", feature = "mysql", feature = "sqlite")),
+        allow(dead_code)
+    )]
     pub(crate) fn new(conn: &'a mut HookedConnection<C>, options: O) -> Self {
         Self {
             conn,

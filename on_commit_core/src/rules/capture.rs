@@ -10,7 +10,7 @@ use crate::rules::queue::QueuedHook;
 /// hooks that would run during its body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Capture {
-    /// Keep them without running them; [`CapturedHooks::run`] runs them later.
+    /// Keep them without running them; [`CapturedHooks::run`](crate::CapturedHooks::run) runs them later.
     Collect,
     /// Run them when they normally would and record their labels (including
     /// hooks registered by hooks, each exactly once).
