@@ -78,6 +78,8 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     tracing_subscriber::fmt()
         .with_target(false)
         .without_time()
+        // Colours for a terminal only: piped or redirected, the log stays plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     let mut conn = DbConn::establish(":memory:")?;
     conn.run_pending_migrations(MIGRATIONS)?;

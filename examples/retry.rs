@@ -17,6 +17,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_target(false)
         .without_time()
+        // Colours for a terminal only: piped or redirected, the log stays plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     let dir = std::env::temp_dir().join(format!("on-commit-retry-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
