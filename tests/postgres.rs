@@ -496,7 +496,7 @@ fn raw_commit_or_rollback_makes_levels_vanish_and_neither_kind_of_hook_runs() {
         let mut conn = db.conn();
         conn.batch_execute(CREATE_ITEMS).unwrap();
         let log = Log::new();
-        let (_result, logs) = capture_logs(|| {
+        let (result, logs) = capture_logs(|| {
             conn.transaction(|c| {
                 insert(c, 1)?;
                 c.on_commit(log.hook("committed"));
@@ -510,9 +510,17 @@ fn raw_commit_or_rollback_makes_levels_vanish_and_neither_kind_of_hook_runs() {
                 Ok::<_, Error>(())
             })
         });
+        // As plain Diesel: the level is gone, so `transaction()` has nothing
+        // to commit.
+        assert!(
+            matches!(result, Err(Error::NotInTransaction)),
+            "after a raw {raw}: {result:?}"
+        );
         assert_eq!(log.take(), Vec::<String>::new(), "after a raw {raw}");
         assert!(
-            logs.contains("ERROR"),
+            logs.contains("ERROR")
+                && logs.contains("outcome is unknown")
+                && logs.contains("hooks were discarded"),
             "the discarded levels are logged at ERROR: {logs}"
         );
         assert!(!conn.in_transaction());

@@ -199,17 +199,16 @@ impl<H: QueuedHook> HookState<H> {
         }
     }
 
-    /// The error for a level that closed without the wrapper.
+    /// The error for a level that closed without the wrapper: the recorded
+    /// database error when a failed statement made the database roll it
+    /// back; else (a raw COMMIT or ROLLBACK, a reset: rule 8) Diesel's own
+    /// `NotInTransaction`, as plain Diesel returns then. The explanation
+    /// (outcome unknown, hooks discarded) was logged at ERROR when the
+    /// levels were found gone (`levels_vanished`).
     pub(crate) fn take_level_gone_error(&mut self) -> Error {
         match self.abort_cause.take() {
             Some(cause) => cause.into_error(),
-            None => Error::DatabaseError(
-                DatabaseErrorKind::Unknown,
-                Box::new(String::from(
-                    "the transaction was closed behind the wrapper's back (a raw COMMIT or \
-                     ROLLBACK, or a reset); its outcome is unknown and its hooks were discarded",
-                )),
-            ),
+            None => Error::NotInTransaction,
         }
     }
 
