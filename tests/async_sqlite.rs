@@ -324,6 +324,77 @@ async fn test_transaction_is_the_baseline() {
     );
 }
 
+// Rule 11: inside an open transaction, as Diesel's, `test_transaction` runs
+// in a savepoint that is rolled back: its on_commit hooks are discarded,
+// its on_rollback hooks run (rule 4).
+#[tokio::test]
+async fn test_transaction_inside_a_transaction_runs_in_a_rolled_back_savepoint() {
+    let mut conn = with_table().await;
+    let log = Log::new();
+    let l = log.clone();
+    conn.transaction::<_, Error, _>(async |conn| {
+        insert(conn, 1).await?;
+        conn.on_commit(l.hook("outer committed"));
+        let l2 = l.clone();
+        let n = conn
+            .test_transaction::<_, Error, _>(async |conn| {
+                assert!(conn.in_transaction(), "a savepoint of the user transaction");
+                insert(conn, 2).await?;
+                conn.on_commit(l2.hook("discarded"));
+                conn.on_commit_async(later(&l2, "async discarded"));
+                conn.on_rollback(l2.hook("savepoint rolled back"));
+                conn.on_rollback_async(later(&l2, "async savepoint rolled back"));
+                Ok(count(conn).await)
+            })
+            .await;
+        assert_eq!(n, 2, "the body's Ok value is returned");
+        assert_eq!(
+            l.get(),
+            ["savepoint rolled back", "async savepoint rolled back"]
+        );
+        assert_eq!(count(conn).await, 1, "the savepoint's insert is undone");
+        assert!(conn.in_transaction(), "the user transaction goes on");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        log.get(),
+        [
+            "savepoint rolled back",
+            "async savepoint rolled back",
+            "outer committed"
+        ]
+    );
+    assert_eq!(count(&mut conn).await, 1);
+}
+
+#[tokio::test]
+async fn test_transaction_inside_a_transaction_panics_on_err_like_diesel() {
+    let mut conn = with_table().await;
+    let log = Log::new();
+    let l = log.clone();
+    conn.transaction::<_, Error, _>(async |conn| {
+        let l2 = l.clone();
+        let outcome = futures_catch(conn.test_transaction::<(), Error, _>(async |conn| {
+            insert(conn, 1).await?;
+            conn.on_commit(l2.hook("discarded"));
+            conn.on_rollback(l2.hook("savepoint rolled back"));
+            Err(Error::NotFound)
+        }))
+        .await;
+        let message = common::panic_text(&*outcome.unwrap_err());
+        assert!(message.contains("Transaction did not succeed"), "{message}");
+        assert!(conn.in_transaction());
+        assert_eq!(count(conn).await, 0);
+        conn.on_commit(l.hook("outer committed"));
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(log.get(), ["savepoint rolled back", "outer committed"]);
+}
+
 // Rule 12: capture, Collect then run; Execute.
 #[tokio::test]
 async fn capture_collects_async_hooks_and_runs_them_later() {

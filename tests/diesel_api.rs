@@ -201,3 +201,50 @@ fn a_multi_connection_enum_over_wrapped_connections() {
         .unwrap();
     assert_eq!(names, ["ada"]);
 }
+
+/// A multi-row `INSERT … RETURNING` with `get_results` does not compile on
+/// the wrapper: Diesel implements `LoadQuery` for it (and for `ON CONFLICT`)
+/// on SQLite only for `SqliteConnection` itself, over private types (README,
+/// Known limits). `inner_mut()` runs it on the inner connection, inside the
+/// wrapper's transaction: its hooks are kept and follow the transaction.
+#[test]
+fn multi_row_insert_returning_through_inner_mut_keeps_the_hooks() {
+    let mut conn = migrated();
+    let log = Log::new();
+    conn.transaction(|conn| -> Result<(), Error> {
+        conn.on_commit(log.hook("registered before"));
+        let rows = vec![order(1, "ada", 100), order(2, "bob", 200)];
+        let ids: Vec<i32> = diesel::insert_into(orders::table)
+            .values(&rows)
+            .returning(orders::id)
+            .get_results(conn.inner_mut())?;
+        assert_eq!(ids, [1, 2]);
+        conn.on_commit(log.hook("registered after"));
+        assert!(log.get().is_empty(), "nothing runs before COMMIT");
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(log.get(), ["registered before", "registered after"]);
+    let r = conn.transaction(|conn| -> Result<(), Error> {
+        let rows = vec![order(3, "cy", 300), order(4, "di", 400)];
+        let returned: Vec<Order> = diesel::insert_into(orders::table)
+            .values(&rows)
+            .returning(Order::as_returning())
+            .get_results(conn.inner_mut())?;
+        assert_eq!(returned, rows);
+        conn.on_commit(log.hook("never"));
+        conn.on_rollback(log.hook("rolled back"));
+        Err(Error::RollbackTransaction)
+    });
+    assert!(r.is_err());
+    assert_eq!(
+        log.get(),
+        ["registered before", "registered after", "rolled back"]
+    );
+    let ids: Vec<i32> = orders::table
+        .select(orders::id)
+        .order(orders::id)
+        .load(&mut conn)
+        .unwrap();
+    assert_eq!(ids, [1, 2]);
+}

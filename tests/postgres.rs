@@ -496,7 +496,7 @@ fn raw_commit_or_rollback_makes_levels_vanish_and_neither_kind_of_hook_runs() {
         let mut conn = db.conn();
         conn.batch_execute(CREATE_ITEMS).unwrap();
         let log = Log::new();
-        let (_result, logs) = capture_logs(|| {
+        let (result, logs) = capture_logs(|| {
             conn.transaction(|c| {
                 insert(c, 1)?;
                 c.on_commit(log.hook("committed"));
@@ -510,9 +510,17 @@ fn raw_commit_or_rollback_makes_levels_vanish_and_neither_kind_of_hook_runs() {
                 Ok::<_, Error>(())
             })
         });
+        // As plain Diesel: the level is gone, so `transaction()` has nothing
+        // to commit.
+        assert!(
+            matches!(result, Err(Error::NotInTransaction)),
+            "after a raw {raw}: {result:?}"
+        );
         assert_eq!(log.take(), Vec::<String>::new(), "after a raw {raw}");
         assert!(
-            logs.contains("ERROR"),
+            logs.contains("ERROR")
+                && logs.contains("outcome is unknown")
+                && logs.contains("hooks were discarded"),
             "the discarded levels are logged at ERROR: {logs}"
         );
         assert!(!conn.in_transaction());
@@ -569,6 +577,96 @@ fn insert_returning_get_result_and_batch_insert_run_through_the_wrapper() {
     .unwrap();
     assert_eq!(log.take(), ["committed"]);
     assert_eq!(ids(&mut db.plain()), [1, 2, 3, 4, 5, 6, 7]);
+}
+
+// COPY FROM: Diesel implements `ExecuteCopyFromDsl` per connection type; the
+// wrapper forwards it and records the statement's outcome.
+
+/// A row for `from_insertable`, which needs Diesel's
+/// `treat_none_as_default_value = false`.
+#[derive(Insertable)]
+#[diesel(table_name = items, treat_none_as_default_value = false)]
+struct CopiedItem {
+    id: i32,
+    name: String,
+}
+
+/// Two rows in CSV through `from_raw_data`.
+fn copy_csv(conn: &mut DbConn, first: i32) -> QueryResult<usize> {
+    diesel::copy_from(items::table)
+        .from_raw_data(items::table, move |copy| {
+            writeln!(copy, "{first},copied {first}").unwrap();
+            writeln!(copy, "{},copied {}", first + 1, first + 1).unwrap();
+            QueryResult::Ok(())
+        })
+        .with_format(diesel::pg::CopyFormat::Csv)
+        .execute(conn)
+}
+
+#[test]
+fn copy_from_runs_through_the_wrapper_and_fires_on_commit_after_commit() {
+    let db = PgSchema::new();
+    let mut conn = db.conn();
+    conn.batch_execute(CREATE_ITEMS).unwrap();
+    let log = Log::new();
+    conn.transaction(|c| {
+        let batch: Vec<_> = (1..=2)
+            .map(|id| CopiedItem {
+                id,
+                name: format!("copied {id}"),
+            })
+            .collect();
+        let n = diesel::copy_from(items::table)
+            .from_insertable(&batch)
+            .execute(c)?;
+        assert_eq!(n, 2);
+        assert_eq!(copy_csv(c, 3)?, 2);
+        c.on_commit(log.hook("committed"));
+        c.on_rollback(log.hook("never"));
+        assert!(log.take().is_empty(), "nothing runs before COMMIT");
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+    assert_eq!(log.take(), ["committed"]);
+    assert_eq!(ids(&mut db.plain()), [1, 2, 3, 4]);
+}
+
+#[test]
+fn copy_from_rolled_back_leaves_no_rows_and_discards_on_commit() {
+    let db = PgSchema::new();
+    let mut conn = db.conn();
+    conn.batch_execute(CREATE_ITEMS).unwrap();
+    let log = Log::new();
+    let r = conn.transaction(|c| {
+        assert_eq!(copy_csv(c, 1)?, 2);
+        c.on_commit(log.hook("never"));
+        c.on_rollback(log.hook("rolled back"));
+        Err::<(), _>(Error::RollbackTransaction)
+    });
+    assert!(matches!(r, Err(Error::RollbackTransaction)), "{r:?}");
+    assert_eq!(log.take(), ["rolled back"]);
+    assert_eq!(ids(&mut db.plain()), Vec::<i32>::new());
+    // A COPY that fails (a duplicate key) aborts the transaction: a body
+    // that swallows the error still gets the COPY's error from the commit
+    // (rule 5.3), and only the on_rollback hook runs.
+    conn.batch_execute("INSERT INTO items VALUES (7, 'seven')")
+        .unwrap();
+    let r = conn.transaction(|c| {
+        c.on_commit(log.hook("never"));
+        c.on_rollback(log.hook("rolled back after the failed COPY"));
+        let copy = copy_csv(c, 6);
+        assert!(copy.is_err(), "{copy:?}");
+        Ok::<_, Error>(())
+    });
+    assert!(
+        matches!(
+            r,
+            Err(Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _))
+        ),
+        "{r:?}"
+    );
+    assert_eq!(log.take(), ["rolled back after the failed COPY"]);
+    assert_eq!(ids(&mut db.plain()), [7]);
 }
 
 #[test]

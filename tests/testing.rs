@@ -102,14 +102,117 @@ fn test_transaction_panics_on_err_like_diesel() {
 }
 
 #[test]
-fn opening_a_test_transaction_inside_a_transaction_panics() {
+fn begin_test_transaction_inside_a_transaction_panics_like_diesel() {
+    // Diesel's `begin_test_transaction` asserts that no transaction is open.
     let mut conn = sqlite();
     let r = conn.transaction(|conn| -> R {
         let msg = expect_panic(|| conn.begin_test_transaction());
-        assert!(msg.contains("test transaction"), "{msg}");
+        assert!(msg.contains("begin_test_transaction"), "{msg}");
         Ok(())
     });
     assert!(r.is_ok());
+}
+
+fn count(conn: &mut Conn) -> i64 {
+    items::table.count().get_result(conn).unwrap()
+}
+
+fn insert(conn: &mut Conn, id: i32) -> QueryResult<usize> {
+    diesel::insert_into(items::table)
+        .values(items::id.eq(id))
+        .execute(conn)
+}
+
+#[test]
+fn test_transaction_inside_a_transaction_runs_in_a_rolled_back_savepoint() {
+    // As Diesel's `test_transaction`: a savepoint rolled back at the end;
+    // its on_commit hooks are discarded and its on_rollback hooks run
+    // (rule 4), the enclosing transaction's hooks are kept.
+    let mut conn = with_items();
+    let log = Log::new();
+    conn.transaction(|conn| -> R {
+        insert(conn, 1)?;
+        conn.on_commit(log.hook("outer committed"));
+        conn.on_rollback(log.hook("outer never rolled back"));
+        let n = conn.test_transaction(|conn| -> Result<i64, Error> {
+            assert!(conn.in_transaction(), "a savepoint of the user transaction");
+            insert(conn, 2)?;
+            conn.on_commit(log.hook("discarded"));
+            conn.on_rollback(log.hook("savepoint rolled back"));
+            conn.transaction(|conn| -> R {
+                conn.on_commit(log.hook("released, then discarded"));
+                conn.on_rollback(log.hook("released, then rolled back"));
+                Ok(())
+            })?;
+            Ok(count(conn))
+        });
+        assert_eq!(n, 2, "f's Ok value is returned");
+        assert_eq!(
+            log.get(),
+            ["savepoint rolled back", "released, then rolled back"]
+        );
+        assert_eq!(count(conn), 1, "the savepoint's insert is undone");
+        assert!(conn.in_transaction(), "the user transaction goes on");
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(
+        log.get(),
+        [
+            "savepoint rolled back",
+            "released, then rolled back",
+            "outer committed"
+        ]
+    );
+    assert_eq!(count(&mut conn), 1);
+}
+
+#[test]
+fn test_transaction_inside_a_transaction_panics_on_err_like_diesel() {
+    let mut conn = with_items();
+    let log = Log::new();
+    conn.transaction(|conn| -> R {
+        let msg = expect_panic(|| {
+            conn.test_transaction(|conn| -> R {
+                insert(conn, 1)?;
+                conn.on_commit(log.hook("discarded"));
+                conn.on_rollback(log.hook("savepoint rolled back"));
+                Err(Error::NotFound)
+            })
+        });
+        assert!(msg.contains("Transaction did not succeed"), "{msg}");
+        assert!(conn.in_transaction());
+        assert_eq!(count(conn), 0);
+        conn.on_commit(log.hook("outer committed"));
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(log.get(), ["savepoint rolled back", "outer committed"]);
+}
+
+#[test]
+fn test_transaction_inside_begin_test_transaction_runs_in_a_savepoint() {
+    // The test transaction is open on the inner connection: Diesel's
+    // `test_transaction` would nest as a savepoint there too.
+    let mut conn = with_items();
+    let log = Log::new();
+    conn.begin_test_transaction().unwrap();
+    insert(&mut conn, 1).unwrap();
+    conn.test_transaction(|conn| -> R {
+        insert(conn, 2)?;
+        conn.on_commit(log.hook("discarded"));
+        conn.on_rollback(log.hook("savepoint rolled back"));
+        Ok(())
+    });
+    assert_eq!(log.get(), ["savepoint rolled back"]);
+    assert_eq!(count(&mut conn), 1, "only the savepoint was rolled back");
+    assert!(!conn.in_transaction(), "back on the baseline");
+    conn.transaction(|conn| -> R {
+        conn.on_commit(log.hook("user commit"));
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(log.get(), ["savepoint rolled back", "user commit"]);
 }
 
 #[test]

@@ -12,7 +12,10 @@ use diesel_async::{AsyncConnection, TransactionManager};
 use crate::async_hooked::connection::{AsyncHookedConnection, Inner};
 use crate::async_hooked::hooks::{AsyncCommitHook, AsyncHook, CatchUnwind};
 use crate::async_hooked::manager::AsyncHookedTransactionManager;
-use crate::rules::baseline::{assert_no_transaction, test_outcome};
+use crate::rules::baseline::{
+    assert_no_transaction, keep_and_roll_back, nested_test_outcome, test_outcome,
+    test_transaction_nests,
+};
 use crate::rules::capture::Capture;
 use crate::rules::label::HookLabel;
 use crate::rules::queue::Entry;
@@ -92,14 +95,29 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     /// (rule 11): inside it `in_transaction()` is `false`, and the outermost
     /// *user* commit fires hooks. Returns the body's `Ok` value.
     ///
+    /// Inside an open transaction, as Diesel's `test_transaction`, `body`
+    /// runs in a savepoint that is rolled back at the end: its `on_commit`
+    /// hooks are discarded and its `on_rollback` hooks run (rule 4).
+    ///
     /// # Panics
     ///
-    /// If the body returns `Err`, or a transaction is already open.
+    /// If the body returns `Err`, as Diesel's `test_transaction`.
     pub async fn test_transaction<R, E, F>(&mut self, body: F) -> R
     where
         F: for<'r> AsyncHookFn<&'r mut Self, Result<R, E>>,
         E: fmt::Debug,
     {
+        self.check_levels();
+        if test_transaction_nests(self.inner_status()) {
+            let mut slot = None;
+            let slot_ref = &mut slot;
+            let savepoint = AsyncHookedTransactionManager::<C>::run(self, async move |conn| {
+                let result = body(conn).await;
+                keep_and_roll_back(slot_ref, result)
+            })
+            .await;
+            return nested_test_outcome(slot, savepoint);
+        }
         begin_test_transaction(self)
             .await
             .unwrap_or_else(|e| panic!("could not begin the test transaction: {e}"));

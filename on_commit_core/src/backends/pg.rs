@@ -1,10 +1,13 @@
 //! PostgreSQL: `build_transaction()` on the wrapper (isolation level, read-only,
-//! deferrable, rendered by Diesel's own builder) and the `#[atomic]` options
-//! it accepts (`isolation`, `read_only`, `deferrable`).
+//! deferrable, rendered by Diesel's own builder), `COPY FROM` through the
+//! wrapper, and the `#[atomic]` options it accepts (`isolation`,
+//! `read_only`, `deferrable`).
 
-use diesel::pg::{Pg, PgConnection, PgQueryBuilder};
+use diesel::connection::Connection;
+use diesel::pg::{CopyFromQuery, Pg, PgConnection, PgQueryBuilder};
+use diesel::prelude::ExecuteCopyFromDsl;
 use diesel::query_builder::{QueryBuilder, QueryFragment};
-use diesel::result::{Error, QueryResult};
+use diesel::result::{DatabaseErrorKind, Error, QueryResult};
 
 use crate::hooked::connection::HookedConnection;
 use crate::macro_support::atomic_options::*;
@@ -68,6 +71,61 @@ impl HookedConnection<PgConnection> {
     ) -> TransactionBuilder<'_, PgConnection, PgTransactionOptions> {
         TransactionBuilder::new(self, PgTransactionOptions::default())
     }
+}
+
+/// `COPY FROM` (`diesel::copy_from(table)...execute(conn)`) on the wrapper:
+/// Diesel implements [`ExecuteCopyFromDsl`] per connection type (as for
+/// r2d2's `PooledConnection`); this one forwards to the inner connection's
+/// and shows the statement's outcome to the hook state, as every other
+/// statement through the wrapper does (rules 5.3 and 9). A failed COPY
+/// aborts the transaction (or savepoint) on the server, but Diesel's
+/// `copy_from` does not update the inner connection's transaction status,
+/// so the wrapper marks the level aborted itself: a body that swallows the
+/// error gets it back from `transaction()`, and nothing is committed.
+///
+/// `COPY TO` cannot be forwarded: Diesel's `ExecuteCopyToConnection` is not
+/// public (README, Known limits).
+impl<T, A, C> ExecuteCopyFromDsl<HookedConnection<C>> for CopyFromQuery<T, A>
+where
+    C: Connection<Backend = Pg>,
+    Self: ExecuteCopyFromDsl<C>,
+    <Self as ExecuteCopyFromDsl<C>>::Error: 'static,
+{
+    type Error = <Self as ExecuteCopyFromDsl<C>>::Error;
+
+    fn execute(self, conn: &mut HookedConnection<C>) -> Result<usize, Self::Error> {
+        conn.state.touched();
+        let result = ExecuteCopyFromDsl::<C>::execute(self, &mut conn.inner);
+        if let Err(error) = &result {
+            match diesel_error_in(error) {
+                Some(diesel_error) => conn.state.observe_aborting_error(diesel_error),
+                None => conn.state.observe_aborting_error(&Error::DatabaseError(
+                    DatabaseErrorKind::Unknown,
+                    Box::new(error.to_string()),
+                )),
+            }
+        } else {
+            conn.state.observe(None);
+        }
+        result
+    }
+}
+
+/// The Diesel error behind a failed `COPY FROM`, whose error type is the
+/// data callback's (any `From<diesel::result::Error>`): the first
+/// `diesel::result::Error` in its source chain. Without one, the caller
+/// records a `DatabaseError(Unknown, message)`, as Diesel's own
+/// instrumentation reports a failed COPY (it aborted the transaction
+/// either way).
+fn diesel_error_in<'e>(error: &'e (dyn std::error::Error + 'static)) -> Option<&'e Error> {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(diesel_error) = e.downcast_ref::<Error>() {
+            return Some(diesel_error);
+        }
+        cause = e.source();
+    }
+    None
 }
 
 impl IsolationAndReadMode for PgTransactionOptions {

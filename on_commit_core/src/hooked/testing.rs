@@ -12,7 +12,10 @@ use diesel::result::QueryResult;
 use crate::hooked::connection::{HookedConnection, Inner};
 use crate::hooked::hooks::{CommitHook, Hook};
 use crate::hooked::manager::HookedTransactionManager;
-use crate::rules::baseline::{assert_no_transaction, test_outcome};
+use crate::rules::baseline::{
+    assert_no_transaction, keep_and_roll_back, nested_test_outcome, test_outcome,
+    test_transaction_nests,
+};
 use crate::rules::capture::Capture;
 use crate::rules::label::HookLabel;
 use crate::rules::queue::Entry;
@@ -126,13 +129,23 @@ pub(crate) fn begin_test_transaction<C: Connection>(
 }
 
 /// `test_transaction(f)`: runs `f` on the baseline, then rolls the test
-/// transaction back. Nothing fires when the test transaction ends.
+/// transaction back. Nothing fires when the test transaction ends. Inside
+/// an open transaction, as Diesel, `f` runs in a savepoint that is rolled
+/// back: its `on_commit` hooks are discarded, its `on_rollback` hooks run.
 pub(crate) fn test_transaction<C, T, E, F>(conn: &mut HookedConnection<C>, f: F) -> T
 where
     C: Connection,
     F: FnOnce(&mut HookedConnection<C>) -> Result<T, E>,
     E: fmt::Debug,
 {
+    conn.check_levels();
+    if test_transaction_nests(conn.inner_status()) {
+        let mut slot = None;
+        let savepoint = HookedTransactionManager::<C>::transaction(conn, |conn| {
+            keep_and_roll_back(&mut slot, f(conn))
+        });
+        return nested_test_outcome(slot, savepoint);
+    }
     begin_test_transaction(conn)
         .unwrap_or_else(|e| panic!("could not begin the test transaction: {e}"));
     let result = panic::catch_unwind(AssertUnwindSafe(|| f(&mut *conn)));

@@ -20,6 +20,10 @@ pub(in crate::rules) struct AbortCause {
     /// no savepoint rollback revives it, and Diesel may not know (its MySQL
     /// `batch_execute` reports 1213 as `Unknown` and sets no flag).
     pub(in crate::rules) aborts_all: bool,
+    /// The statement aborted its level although Diesel did not flag it
+    /// (a failed `COPY FROM`: Diesel's `PgConnection::copy_from` does not
+    /// update its transaction status).
+    aborts_level: bool,
 }
 
 impl AbortCause {
@@ -131,7 +135,25 @@ impl<H: QueuedHook> HookState<H> {
                     },
                     info: RecordedInfo::of(&**info),
                     aborts_all: deadlock,
+                    aborts_level: false,
                 });
+            }
+        }
+    }
+
+    /// A statement failed that aborts the level it ran in on every backend
+    /// it exists for, although the inner connection does not flag it (a
+    /// failed `COPY FROM` on PostgreSQL): the error is recorded as by
+    /// [`observe_error`](Self::observe_error), and the level counts as
+    /// aborted (rule 5.3) when the recorded cause is its own.
+    #[cfg(feature = "postgres")]
+    #[cold]
+    pub(crate) fn observe_aborting_error(&mut self, error: &Error) {
+        self.observe_error(error);
+        let levels = self.levels;
+        if let Some(cause) = &mut self.abort_cause {
+            if cause.level == levels {
+                cause.aborts_level = true;
             }
         }
     }
@@ -152,7 +174,7 @@ impl<H: QueuedHook> HookState<H> {
             || self
                 .abort_cause
                 .as_ref()
-                .is_some_and(|c| c.aborts_all || every_error_aborts)
+                .is_some_and(|c| c.aborts_all || c.aborts_level || every_error_aborts)
     }
 
     /// The recorded cause says the server rolled the whole transaction back
@@ -177,17 +199,16 @@ impl<H: QueuedHook> HookState<H> {
         }
     }
 
-    /// The error for a level that closed without the wrapper.
+    /// The error for a level that closed without the wrapper: the recorded
+    /// database error when a failed statement made the database roll it
+    /// back; else (a raw COMMIT or ROLLBACK, a reset: rule 8) Diesel's own
+    /// `NotInTransaction`, as plain Diesel returns then. The explanation
+    /// (outcome unknown, hooks discarded) was logged at ERROR when the
+    /// levels were found gone (`levels_vanished`).
     pub(crate) fn take_level_gone_error(&mut self) -> Error {
         match self.abort_cause.take() {
             Some(cause) => cause.into_error(),
-            None => Error::DatabaseError(
-                DatabaseErrorKind::Unknown,
-                Box::new(String::from(
-                    "the transaction was closed behind the wrapper's back (a raw COMMIT or \
-                     ROLLBACK, or a reset); its outcome is unknown and its hooks were discarded",
-                )),
-            ),
+            None => Error::NotInTransaction,
         }
     }
 

@@ -405,7 +405,8 @@ impl<H: QueuedHook> HookState<H> {
             test_transaction_vanished = !baseline && real == 0,
             discarded_hooks = discarded,
             "transaction levels opened by the wrapper were closed behind its back \
-             (a raw COMMIT/ROLLBACK or a reset): their hooks are discarded, none runs"
+             (a raw COMMIT/ROLLBACK or a reset): their outcome is unknown, their hooks \
+             were discarded and none runs; transaction() returns NotInTransaction"
         );
         self.abort_cause = None;
     }
