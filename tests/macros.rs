@@ -719,9 +719,11 @@ fn on_commit_takes_a_mut_reference_and_mut_conn() {
     <DbConn as Connection>::TransactionManager::begin_transaction(&mut conn).unwrap();
     let l = log.clone();
     on_commit!(&mut conn, l.push("&mut conn"));
-    let mut reference = &mut conn;
+    let reference = &mut conn;
     let l = log.clone();
-    on_commit!(&mut reference, l.push("&mut &mut DbConn"));
+    on_commit!(reference, l.push("a reference binding"));
+    let l = log.clone();
+    on_commit!(&mut *reference, l.push("&mut *reference"));
     assert!(log.get().is_empty(), "nothing before COMMIT");
     <DbConn as Connection>::TransactionManager::rollback_transaction(&mut conn).unwrap();
     assert!(log.get().is_empty(), "dropped on rollback");

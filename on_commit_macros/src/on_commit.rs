@@ -1,6 +1,7 @@
 //! `on_commit!`: parse `[crate = path;] conn, [robust,] hook [,]`, classify
 //! the hook (closure, bare path, other expression), emit one call of the
-//! `TransactionHooks` entry point that fits, by its full path.
+//! `TransactionHooks` entry point that fits, by its full path, on
+//! `(conn).__diesel_on_commit_conn()` (the connection as it is held, M3).
 
 use proc_macro2::{Delimiter, LineColumn, Span, TokenStream, TokenTree};
 use quote::{quote, quote_spanned};
@@ -224,12 +225,20 @@ fn emit(input: &Input) -> syn::Result<TokenStream> {
 /// spans of the user's expression (the opening parenthesis its first
 /// token's, the rest its last token's), so an error about the connection
 /// points at the expression as written.
+///
+/// `&mut x` is emitted as `x`: the method call borrows it the same way, and
+/// `(&mut x).method()` in the user's crate would trip clippy's
+/// `needless_borrow`.
 fn conn_arg(conn: &Expr) -> TokenStream {
-    let tokens = quote!(#conn);
-    let mut spans = tokens.clone().into_iter().map(|tree| tree.span());
+    let written = quote!(#conn);
+    let mut spans = written.into_iter().map(|tree| tree.span());
     let first = spans.next().unwrap_or_else(Span::call_site);
     let last = spans.last().unwrap_or(first);
-    let mut parens = proc_macro2::Group::new(Delimiter::Parenthesis, tokens);
+    let receiver = match peel(conn) {
+        Expr::Reference(r) if r.mutability.is_some() && r.attrs.is_empty() => &*r.expr,
+        _ => conn,
+    };
+    let mut parens = proc_macro2::Group::new(Delimiter::Parenthesis, quote!(#receiver));
     parens.set_span(first);
     let method = quote_spanned!(last=> .__diesel_on_commit_conn());
     quote!(#parens #method)
