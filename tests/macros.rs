@@ -1,6 +1,7 @@
 //! `#[atomic]` and `on_commit!` on SQLite in memory: the seed's
 //! `create_order`, nesting, methods, generics, `durable`, every `on_commit!`
-//! form, panics, plain connections and r2d2 guards.
+//! form, the connection owned, `&mut` or a pool guard (M3), panics, plain
+//! connections and r2d2 guards.
 
 mod common;
 
@@ -655,6 +656,84 @@ fn outside_a_transaction_the_hook_runs_at_once() {
     assert_eq!(log.get(), ["at once"]);
 }
 
+// M3: the connection as the user holds it.
+
+/// A `&mut` reference, on a binding without `mut`.
+fn register_through_a_reference(conn: &mut DbConn, log: &Log, s: &'static str) {
+    let l = log.clone();
+    on_commit!(conn, l.push(s));
+    let hook = log.hook("closure");
+    on_commit!(conn, hook);
+    let l = log.clone();
+    on_commit!(conn, move |c| l
+        .push(format!("with, in tx: {}", c.in_transaction())));
+}
+
+#[test]
+fn on_commit_takes_an_owned_binding_waits_for_commit_and_passes_the_wrapper() {
+    let mut conn = db();
+    let log = Log::new();
+    // An owned `mut` binding in a transaction the wrapper's own manager
+    // opened: the hook waits for COMMIT.
+    <DbConn as Connection>::TransactionManager::begin_transaction(&mut conn).unwrap();
+    let (l1, l2, l3) = (log.clone(), log.clone(), log.clone());
+    on_commit!(conn, l1.push("owned expression"));
+    on_commit!(conn, robust, l2.push("owned robust"));
+    on_commit!(conn, move |c: &mut DbConn| l3
+        .push(format!("owned with, in tx: {}", c.in_transaction())));
+    on_commit!(conn, plain_hook_fn);
+    assert!(log.get().is_empty(), "nothing before COMMIT");
+    <DbConn as Connection>::TransactionManager::commit_transaction(&mut conn).unwrap();
+    assert_eq!(
+        log.take(),
+        [
+            "owned expression",
+            "owned robust",
+            "owned with, in tx: false"
+        ]
+    );
+    assert_eq!(PLAIN_FN_RUNS.with(std::cell::Cell::get), 1);
+    // Outside a transaction (rule 2): at once.
+    let l = log.clone();
+    on_commit!(conn, l.push("owned, at once"));
+    assert_eq!(log.take(), ["owned, at once"]);
+}
+
+#[test]
+fn on_commit_takes_a_mut_reference_and_mut_conn() {
+    let mut conn = db();
+    let log = Log::new();
+    conn.transaction(|conn| -> QueryResult<()> {
+        register_through_a_reference(conn, &log, "reference");
+        let l = log.clone();
+        on_commit!(&mut *conn, l.push("&mut *conn"));
+        assert!(log.get().is_empty(), "nothing before COMMIT");
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(
+        log.take(),
+        ["reference", "closure", "with, in tx: false", "&mut *conn"]
+    );
+    // `&mut conn` on an owned binding.
+    <DbConn as Connection>::TransactionManager::begin_transaction(&mut conn).unwrap();
+    let l = log.clone();
+    on_commit!(&mut conn, l.push("&mut conn"));
+    let reference = &mut conn;
+    let l = log.clone();
+    on_commit!(reference, l.push("a reference binding"));
+    let l = log.clone();
+    on_commit!(&mut *reference, l.push("&mut *reference"));
+    assert!(log.get().is_empty(), "nothing before COMMIT");
+    <DbConn as Connection>::TransactionManager::rollback_transaction(&mut conn).unwrap();
+    assert!(log.get().is_empty(), "dropped on rollback");
+    <DbConn as Connection>::TransactionManager::begin_transaction(&mut conn).unwrap();
+    let l = log.clone();
+    on_commit!(&mut conn, l.push("&mut conn"));
+    <DbConn as Connection>::TransactionManager::commit_transaction(&mut conn).unwrap();
+    assert_eq!(log.take(), ["&mut conn"]);
+}
+
 #[test]
 fn labels_are_the_call_site_and_the_expression_text_shortened() {
     let mut conn = db();
@@ -979,6 +1058,48 @@ mod pooled {
         through_guard(&mut guard, &log, 3, false).unwrap();
         assert_eq!(log.get(), ["order 3"]);
         assert_eq!(order_ids(&mut *guard), [1, 3]);
+    }
+
+    #[test]
+    fn on_commit_takes_an_r2d2_guard_and_a_reference_to_one() {
+        let pool = pool();
+        let mut guard = pool.get().unwrap();
+        let log = Log::new();
+        // The guard as it is: `DerefMut` reaches the wrapper (M3).
+        <DbConn as Connection>::TransactionManager::begin_transaction(&mut *guard).unwrap();
+        let (l1, l2) = (log.clone(), log.clone());
+        on_commit!(guard, l1.push("guard"));
+        on_commit!(guard, move |c: &mut DbConn| l2
+            .push(format!("guard with, in tx: {}", c.in_transaction())));
+        assert!(log.get().is_empty(), "nothing before COMMIT");
+        <DbConn as Connection>::TransactionManager::commit_transaction(&mut *guard).unwrap();
+        assert_eq!(log.take(), ["guard", "guard with, in tx: false"]);
+
+        // `&mut Guard`, as the guard's own `transaction` passes it.
+        guard
+            .transaction(|conn: &mut Guard| -> QueryResult<()> {
+                let l = log.clone();
+                on_commit!(conn, l.push("&mut guard"));
+                let l = log.clone();
+                on_commit!(&mut *conn, l.push("&mut *guard"));
+                assert!(log.get().is_empty(), "nothing before COMMIT");
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(log.take(), ["&mut guard", "&mut *guard"]);
+
+        let r = guard.transaction(|conn| -> QueryResult<()> {
+            let l = log.clone();
+            on_commit!(conn, l.push("rolled back"));
+            Err(Error::RollbackTransaction)
+        });
+        assert_eq!(r, Err(Error::RollbackTransaction));
+        assert!(log.get().is_empty());
+
+        // Outside a transaction: at once (rule 2).
+        let l = log.clone();
+        on_commit!(guard, l.push("at once"));
+        assert_eq!(log.take(), ["at once"]);
     }
 }
 

@@ -2,7 +2,9 @@
 //! `SyncConnectionWrapper<SqliteConnection>`: commit, rollback, `?` and
 //! `return`, nesting as savepoints, `durable`, panics, the kept signature
 //! (generics, `self`, `impl Trait`, lifetimes, options), `Send` futures, a
-//! future dropped mid-transaction, and hooks on an `AsyncHookedConnection`.
+//! future dropped mid-transaction, hooks on an `AsyncHookedConnection`, and
+//! `on_commit!` on the connection owned, `&mut` or behind a deadpool guard
+//! (M3).
 #![cfg(all(feature = "async", feature = "sqlite"))]
 
 mod common;
@@ -15,7 +17,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use common::async_conn::{async_sqlite, AsyncSqlite};
+use common::async_conn::{async_sqlite, later, AsyncSqlite};
 use common::{capture_logs, panic_text, unique, Log};
 use diesel::result::{DatabaseErrorKind, Error, QueryResult};
 use diesel::sqlite::{Sqlite, SqliteConnection};
@@ -814,4 +816,97 @@ async fn dropped_future_never_runs_its_on_commit_hooks() {
         "{:?}",
         log.get()
     );
+}
+
+// ---------------------------------------------------------------------------
+// M3: `on_commit!` takes the async wrapper as it is held.
+
+type HookedManager = <DbConn as AsyncConnection>::TransactionManager;
+
+/// Every async form and a sync one on `conn`, logging `what`.
+macro_rules! register_every_form {
+    ($conn:expr, $log:expr, $what:literal) => {{
+        let (a, b, c, d, e) = (
+            $log.clone(),
+            $log.clone(),
+            $log.clone(),
+            $log.clone(),
+            $log.clone(),
+        );
+        on_commit!($conn, a.push(concat!($what, " sync")));
+        on_commit!($conn, later(&b, concat!($what, " awaits")).await);
+        on_commit!($conn, async move { c.push(concat!($what, " async block")) });
+        on_commit!($conn, async move || d
+            .push(concat!($what, " async closure")));
+        on_commit!($conn, async move |conn: &mut DbConn| e.push(format!(
+            "{} with, in tx: {}",
+            $what,
+            conn.in_transaction()
+        )));
+    }};
+}
+
+fn every_form(what: &str) -> Vec<String> {
+    ["sync", "awaits", "async block", "async closure"]
+        .iter()
+        .map(|form| format!("{what} {form}"))
+        .chain([format!("{what} with, in tx: false")])
+        .collect()
+}
+
+#[tokio::test]
+async fn on_commit_takes_an_owned_async_wrapper_and_a_reference() {
+    let mut conn = hooked_db().await;
+    let log = Log::new();
+    // An owned `mut` binding, in a transaction the wrapper's own manager
+    // opened: the hooks wait for COMMIT.
+    HookedManager::begin_transaction(&mut conn).await.unwrap();
+    register_every_form!(conn, log, "owned");
+    assert!(log.get().is_empty(), "nothing before COMMIT");
+    HookedManager::commit_transaction(&mut conn).await.unwrap();
+    assert_eq!(log.take(), every_form("owned"));
+
+    // `&mut conn`, then dropped by a rollback.
+    HookedManager::begin_transaction(&mut conn).await.unwrap();
+    register_every_form!(&mut conn, log, "&mut conn");
+    HookedManager::rollback_transaction(&mut conn)
+        .await
+        .unwrap();
+    assert!(log.get().is_empty(), "dropped on rollback");
+
+    // A `&mut` reference, as a transaction closure gets it.
+    let l = log.clone();
+    conn.transaction::<_, Error, _>(async |conn| {
+        register_every_form!(conn, l, "reference");
+        assert!(l.get().is_empty(), "nothing before COMMIT");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(log.take(), every_form("reference"));
+}
+
+#[tokio::test]
+async fn on_commit_takes_a_deadpool_guard_of_the_async_wrapper() {
+    use diesel_async::pooled_connection::deadpool::Pool;
+    use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+    let pool = Pool::<DbConn>::builder(AsyncDieselConnectionManager::<DbConn>::new(":memory:"))
+        .max_size(1)
+        .build()
+        .unwrap();
+    let mut pooled = pool.get().await.unwrap();
+    pooled.batch_execute(SCHEMA).await.unwrap();
+    let log = Log::new();
+    // The guard as it is: `DerefMut` reaches the wrapper.
+    HookedManager::begin_transaction(&mut pooled).await.unwrap();
+    register_every_form!(pooled, log, "guard");
+    assert!(log.get().is_empty(), "nothing before COMMIT");
+    HookedManager::commit_transaction(&mut pooled)
+        .await
+        .unwrap();
+    assert_eq!(log.take(), every_form("guard"));
+    // Outside a transaction a sync hook runs at once (rule 2).
+    let l = log.clone();
+    on_commit!(pooled, l.push("at once"));
+    assert_eq!(log.take(), ["at once"]);
 }

@@ -148,6 +148,29 @@ impl Service {
     }
 }
 
+static FORM_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+fn bump_form() {
+    let _ = FORM_RUNS.fetch_add(1, Ordering::SeqCst);
+}
+
+/// `on_commit!` on the connection however it is held (M3), outside a
+/// transaction: each hook runs at once.
+fn connection_forms() {
+    let mut conn = DbConn::establish(":memory:").unwrap();
+    on_commit!(conn, bump_form());
+    on_commit!(&mut conn, bump_form());
+    let reference = &mut conn;
+    on_commit!(reference, bump_form());
+    on_commit!(&mut *reference, bump_form());
+}
+
+#[test]
+fn connection_forms_compile_lint_free_and_run() {
+    connection_forms();
+    assert_eq!(FORM_RUNS.load(Ordering::SeqCst), 4);
+}
+
 #[test]
 fn every_form_compiles_lint_free_and_runs() {
     let mut conn = DbConn::establish(":memory:").unwrap();

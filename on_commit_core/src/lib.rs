@@ -79,6 +79,7 @@ pub mod __private {
     pub use crate::macro_support::async_atomic::*;
     pub use crate::macro_support::atomic::{atomic, AtomicReturn};
     pub use crate::macro_support::atomic_options::*;
+    pub use crate::macro_support::conn_arg::{OnCommitConnection, WrappedConnection};
     pub use crate::macro_support::path_hook::{on_commit_path, NoArg, PathHook, WithConn};
     pub use crate::transaction_hooks::AsyncTransactionHooks;
     pub use diesel;

@@ -87,6 +87,17 @@ pub trait TransactionHooks {
     where
         F: FnOnce(&mut Self) -> R + Send + 'static,
         R: HookResult;
+
+    /// `self`: the first step of `on_commit!` (M3), called with method
+    /// syntax so that the compiler borrows an owned binding, reborrows a
+    /// `&mut` and follows `DerefMut` through pool guards to the wrapper.
+    /// Uniquely named (never `on_commit`, see the name clash above). See
+    /// `__private::OnCommitConnection`.
+    #[doc(hidden)]
+    #[inline(always)]
+    fn __diesel_on_commit_conn(&mut self) -> &mut Self {
+        self
+    }
 }
 
 /// Registering async hooks, for `on_commit!` with `.await` in its hook, an

@@ -1,9 +1,10 @@
 //! `on_commit!`: parse `[crate = path;] conn, [robust,] hook [,]`, classify
 //! the hook (closure, bare path, other expression), emit one call of the
-//! `TransactionHooks` entry point that fits, by its full path.
+//! `TransactionHooks` entry point that fits, by its full path, on
+//! `(conn).__diesel_on_commit_conn()` (the connection as it is held, M3).
 
 use proc_macro2::{Delimiter, LineColumn, Span, TokenStream, TokenTree};
-use quote::quote;
+use quote::{quote, quote_spanned};
 use syn::parse::{ParseStream, Parser};
 use syn::{Expr, ExprClosure, Ident, Path, Token};
 
@@ -203,9 +204,57 @@ fn emit(input: &Input) -> syn::Result<TokenStream> {
     let text = label_text(hook_tokens);
     let hooks = quote!(#krate::TransactionHooks);
     let async_hooks = quote!(#krate::__private::AsyncTransactionHooks);
-    // Always the trait's full path, never method syntax: Diesel's next
-    // release adds `SqliteConnection::on_commit`, SQLite's own commit hook,
-    // which method syntax would pick on a plain connection.
+    let conn = conn_arg(conn);
+    // The registration: always the trait's full path, never method syntax:
+    // Diesel's next release adds `SqliteConnection::on_commit`, SQLite's own
+    // commit hook, which method syntax would pick on a plain connection.
+    let call = register(&hooks, &async_hooks, krate, &conn, &text, hook, *robust)?;
+    // The connection goes through a uniquely named method (M3), of
+    // `TransactionHooks` or of `OnCommitConnection` (which only makes misuse
+    // read well): both must be in scope.
+    Ok(quote! {{
+        use #hooks as _;
+        use #krate::__private::OnCommitConnection as _;
+        #call
+    }})
+}
+
+/// `(conn).__diesel_on_commit_conn()`: a method call, so that the compiler
+/// borrows an owned binding, reborrows a `&mut` reference and follows
+/// `DerefMut` through pool guards to the wrapper (M3). Its tokens carry the
+/// spans of the user's expression (the opening parenthesis its first
+/// token's, the rest its last token's), so an error about the connection
+/// points at the expression as written.
+///
+/// `&mut x` is emitted as `x`: the method call borrows it the same way, and
+/// `(&mut x).method()` in the user's crate would trip clippy's
+/// `needless_borrow`.
+fn conn_arg(conn: &Expr) -> TokenStream {
+    let written = quote!(#conn);
+    let mut spans = written.into_iter().map(|tree| tree.span());
+    let first = spans.next().unwrap_or_else(Span::call_site);
+    let last = spans.last().unwrap_or(first);
+    let receiver = match peel(conn) {
+        Expr::Reference(r) if r.mutability.is_some() && r.attrs.is_empty() => &*r.expr,
+        _ => conn,
+    };
+    let mut parens = proc_macro2::Group::new(Delimiter::Parenthesis, quote!(#receiver));
+    parens.set_span(first);
+    let method = quote_spanned!(last=> .__diesel_on_commit_conn());
+    quote!(#parens #method)
+}
+
+/// The call of the entry point that fits the hook, on `conn` (the `&mut`
+/// wrapper).
+fn register(
+    hooks: &TokenStream,
+    async_hooks: &TokenStream,
+    krate: &Path,
+    conn: &TokenStream,
+    text: &str,
+    hook: &Expr,
+    robust: bool,
+) -> syn::Result<TokenStream> {
     Ok(match (classify(hook)?, robust) {
         (Kind::NoArgClosure, false) => quote!(#hooks::__on_commit_labeled(#conn, #text, #hook)),
         (Kind::NoArgClosure | Kind::Path, true) => {

@@ -1,0 +1,10 @@
+use diesel::prelude::*;
+use diesel_on_commit::{on_commit, HookedConnection};
+
+fn send_email(_order: i32) {}
+
+fn main() {
+    let conn = HookedConnection::new(SqliteConnection::establish(":memory:").unwrap());
+    let order = 1;
+    on_commit!(conn, send_email(order));
+}
