@@ -4,12 +4,10 @@
 //! which run on one spawned task (or are reported), never inside `Drop`.
 //! The sync wrapper has no such file: it runs every hook at once.
 
-use std::panic::{self, AssertUnwindSafe};
-
 use diesel_async::AsyncConnection;
 
 use crate::async_hooked::connection::AsyncHookedConnection;
-use crate::async_hooked::hooks::{AsyncCommitHook, AsyncHook, BoxFuture, CatchUnwind};
+use crate::async_hooked::hooks::{AsyncCommitHook, AsyncHook, BoxFuture};
 use crate::rules::failures::PlainFn;
 use crate::rules::label::HookLabel;
 use crate::rules::queue::{Entry, QueuedHook};
@@ -166,6 +164,9 @@ pub(crate) fn orphaned<C: AsyncConnection>(due: impl IntoIterator<Item = Orphan<
 
 #[cfg(feature = "tokio")]
 async fn run_detached(hooks: Vec<Detached>) {
+    use std::panic::{self, AssertUnwindSafe};
+
+    use crate::async_hooked::hooks::CatchUnwind;
     use crate::rules::failures::panic_message;
 
     for Detached {
