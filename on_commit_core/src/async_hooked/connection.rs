@@ -357,6 +357,9 @@ impl<C: PoolableConnection + 'static> PoolableConnection for AsyncHookedConnecti
     /// dropped mid-transaction): a pool then drops it rather than hand its
     /// hooks to the next checkout.
     fn is_broken(&mut self) -> bool {
+        // A level whose caller's future was dropped is settled first (rule
+        // C1): its on_rollback hooks go to a task now, not when it is dropped.
+        self.settle_abandoned();
         self.state.lost() || self.state.levels() > 0 || self.inner.is_broken()
     }
 }

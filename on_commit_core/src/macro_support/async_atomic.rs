@@ -89,6 +89,20 @@ impl<C: AsyncConnection> Drop for Guard<'_, C> {
             C::TransactionManager::transaction_manager_status_mut(conn).set_in_error();
             true
         }));
+        // Rule C1 on every entry point. Rust has no specialization, and the
+        // macro cannot tell at its call site whether `C` is an
+        // `AsyncHookedConnection` (generic code, pool guards), so rather than
+        // picking the wrapper's own guarded `transaction` for it, this asks
+        // the connection's transaction manager whether it is broken: the
+        // one synchronous entry diesel-async's `TransactionManager` offers,
+        // and one that pool guards forward. A plain connection only answers;
+        // the wrapper (reached through a pool guard too) first settles the
+        // level just abandoned, handing its due `on_rollback` hooks to one
+        // spawned task now, as its own `transaction` does. Never panic out
+        // of `drop`.
+        let _ = panic::catch_unwind(AssertUnwindSafe(|| {
+            C::TransactionManager::is_broken_transaction_manager(conn)
+        }));
         match marked {
             Ok(false) => {}
             Ok(true) if closing => tracing::error!(
