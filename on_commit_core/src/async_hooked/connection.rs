@@ -44,7 +44,9 @@ use crate::transaction_hooks::AsyncHookFn;
 ///
 /// 1. before COMMIT was sent: nothing is committed; the connection is marked
 ///    broken (pools drop it), its `on_commit` hooks are discarded and its
-///    `on_rollback` hooks are due;
+///    `on_rollback` hooks are due: they run at once on one spawned task (as
+///    in case 2), through `transaction`, diesel-async's
+///    `AsyncConnection::transaction` and `#[atomic] async fn` alike;
 /// 2. after COMMIT succeeded, while hooks run: the hooks still due (sync and
 ///    async, the one being awaited included when it does not hold the
 ///    connection) run in registration order on one task spawned on the

@@ -150,7 +150,9 @@ impl<C: AsyncConnection> AtomicAsyncConnection for C {}
 /// * A future dropped after BEGIN was sent and before the transaction
 ///   finished (in the body, or during a COMMIT or ROLLBACK that the
 ///   connection's manager had not finished) marks the transaction manager
-///   as in error (see `Guard`).
+///   as in error and asks it whether it is broken; an
+///   `AsyncHookedConnection` then hands the due `on_rollback` hooks to one
+///   spawned task (rule C1; see `Guard`).
 ///
 /// The future is `Send` when `body`'s future and `R` are (auto traits leak
 /// through `async fn`). `R` is the function's return type, given by the
