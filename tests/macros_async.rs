@@ -910,3 +910,83 @@ async fn on_commit_takes_a_deadpool_guard_of_the_async_wrapper() {
     on_commit!(pooled, l.push("at once"));
     assert_eq!(log.take(), ["at once"]);
 }
+
+/// Waits (up to 2 s, polling a log, never the connection) until `log` holds
+/// `want`.
+async fn promptly(log: &Log, want: &[&str]) -> Vec<String> {
+    for _ in 0..200 {
+        if log.get() == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    log.get()
+}
+
+// Rule C1 through `#[atomic]`: the on_rollback hooks of a future dropped
+// mid-body run on a spawned task at once, while the caller neither touches
+// nor drops the connection (they used to wait for the connection's drop).
+#[tokio::test]
+async fn dropped_future_runs_its_on_rollback_hooks_promptly_on_a_task() {
+    let mut conn = hooked_db().await;
+    let log = Log::new();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let timed_out = tokio::time::timeout(
+        Duration::from_millis(50),
+        hooked_then_wait(&mut conn, &log, release),
+    )
+    .await;
+    assert!(timed_out.is_err());
+    assert_eq!(promptly(&log, &["rolled back"]).await, ["rolled back"]);
+    // Exactly once: neither the broken-connection checks nor the drop run
+    // it again.
+    assert!(
+        <DbConn as AsyncConnection>::TransactionManager::is_broken_transaction_manager(&mut conn)
+    );
+    drop(conn);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(log.get(), ["rolled back"]);
+}
+
+#[atomic]
+async fn generic_then_wait<C>(
+    conn: &mut C,
+    register: impl FnOnce(&mut C) + Send,
+    release: Arc<tokio::sync::Notify>,
+) -> QueryResult<()>
+where
+    C: AsyncConnection,
+{
+    register(conn);
+    release.notified().await;
+    Ok(())
+}
+
+// Generic code gets the same: the guard reaches the wrapper through
+// `C::TransactionManager`.
+#[tokio::test]
+async fn generic_atomic_fn_on_the_wrapper_runs_on_rollback_promptly_when_dropped() {
+    let mut conn = hooked_db().await;
+    let log = Log::new();
+    let l = log.clone();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let timed_out = tokio::time::timeout(
+        Duration::from_millis(50),
+        generic_then_wait(
+            &mut conn,
+            move |c: &mut DbConn| {
+                c.on_commit(l.hook("committed"));
+                c.on_rollback(l.hook("rolled back"));
+                c.on_rollback_async(common::async_conn::later(&l, "rolled back async"));
+            },
+            release,
+        ),
+    )
+    .await;
+    assert!(timed_out.is_err());
+    let want = ["rolled back", "rolled back async"];
+    assert_eq!(promptly(&log, &want).await, want);
+    drop(conn);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(log.get(), want);
+}

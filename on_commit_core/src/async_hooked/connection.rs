@@ -44,7 +44,9 @@ use crate::transaction_hooks::AsyncHookFn;
 ///
 /// 1. before COMMIT was sent: nothing is committed; the connection is marked
 ///    broken (pools drop it), its `on_commit` hooks are discarded and its
-///    `on_rollback` hooks are due;
+///    `on_rollback` hooks are due: they run at once on one spawned task (as
+///    in case 2), through `transaction`, diesel-async's
+///    `AsyncConnection::transaction` and `#[atomic] async fn` alike;
 /// 2. after COMMIT succeeded, while hooks run: the hooks still due (sync and
 ///    async, the one being awaited included when it does not hold the
 ///    connection) run in registration order on one task spawned on the
@@ -357,6 +359,9 @@ impl<C: PoolableConnection + 'static> PoolableConnection for AsyncHookedConnecti
     /// dropped mid-transaction): a pool then drops it rather than hand its
     /// hooks to the next checkout.
     fn is_broken(&mut self) -> bool {
+        // A level whose caller's future was dropped is settled first (rule
+        // C1): its on_rollback hooks go to a task now, not when it is dropped.
+        self.settle_abandoned();
         self.state.lost() || self.state.levels() > 0 || self.inner.is_broken()
     }
 }

@@ -16,7 +16,7 @@ use diesel_async::{AsyncConnection, TransactionManager};
 
 use crate::async_hooked::connection::{AsyncHookedConnection, Inner};
 use crate::async_hooked::hooks::{AsyncHook, CatchUnwind, HookRun};
-use crate::async_hooked::later::Orphan;
+use crate::async_hooked::later::{orphaned, Orphan};
 use crate::rules::failures::FirstPanic;
 use crate::rules::levels::{Counter, DepthCheck, Raised};
 use crate::transaction_hooks::AsyncHookFn;
@@ -111,6 +111,51 @@ impl<C: AsyncConnection> Drop for InFlight<'_, C> {
 }
 
 impl<C: AsyncConnection> AsyncHookedConnection<C> {
+    /// Rule C1 for the callers that drive the wrapper through diesel-async's
+    /// `TransactionManager` trait rather than its own `transaction` (the
+    /// guard of `#[atomic] async fn`, on the wrapper, on a pool guard, or in
+    /// generic code): when such a caller's future is dropped mid-transaction,
+    /// its guard marks the status in error and then asks
+    /// `is_broken_transaction_manager`, the one synchronous entry the trait
+    /// offers, which lands here. A level left open on a status in error (or
+    /// one that cannot be read: a statement was abandoned in flight) is
+    /// handled as a broken connection (rule 9), and, when no future of the
+    /// wrapper's own is in flight to await them (an `InFlight` or a
+    /// `HookRun`, which hand them on when they go), the hooks that became
+    /// due go to one spawned task at once, as `InFlight` does: without the
+    /// connection being touched again or dropped. Pools reach it too (their
+    /// `is_broken` check). Costs a flag test when no level is open.
+    pub(crate) fn settle_abandoned(&mut self) {
+        if self.state.levels() == 0 {
+            return;
+        }
+        let inner = &mut self.inner;
+        let readable = panic::catch_unwind(AssertUnwindSafe(|| {
+            let _ = Inner::<C>::transaction_manager_status_mut(inner);
+        }));
+        if readable.is_err() {
+            // diesel-async's SyncConnectionWrapper panics while a blocking
+            // task it started still holds the connection: a statement was
+            // dropped in flight, so its transaction cannot go on.
+            self.state.mark_lost();
+            self.state.connection_broken();
+        } else {
+            self.state.touched();
+            if self.check_levels() != DepthCheck::Broken {
+                return;
+            }
+        }
+        let later = self.state.later();
+        if later.live == 0 && !later.due.is_empty() {
+            let due = std::mem::take(&mut later.due);
+            orphaned(due.into_iter().map(|e| Orphan {
+                label: e.label,
+                hook: e.hook,
+                why: ABANDONED,
+            }));
+        }
+    }
+
     /// Runs `body` in a transaction: diesel-async's `transaction`, with the
     /// hook rules of the contract (see [`HookedConnection::transaction`](crate::HookedConnection::transaction)),
     /// a panic guard (a panic in `body` rolls the level back and is resumed),
@@ -454,7 +499,11 @@ impl<C: AsyncConnection> TransactionManager<AsyncHookedConnection<C>>
         Inner::<C>::transaction_manager_status_mut(&mut conn.inner)
     }
 
+    /// Also settles a level whose caller went away (see
+    /// `settle_abandoned`): `#[atomic] async fn`'s guard calls this when its
+    /// future is dropped.
     fn is_broken_transaction_manager(conn: &mut AsyncHookedConnection<C>) -> bool {
+        conn.settle_abandoned();
         conn.state.lost() || Inner::<C>::is_broken_transaction_manager(&mut conn.inner)
     }
 }

@@ -59,6 +59,32 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     /// it is spawned on the current tokio runtime (or, without one, logged
     /// at ERROR as not run); inside a running hook it runs right after that
     /// hook.
+    ///
+    /// A future that only panics needs no annotation (its output, `!`, is a
+    /// [`HookResult`](crate::HookResult) too); nor does an async closure
+    /// given to [`on_commit_with`](Self::on_commit_with) that only panics:
+    ///
+    /// ```
+    /// # async fn run() -> diesel::QueryResult<()> {
+    /// use diesel::SqliteConnection;
+    /// use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+    /// use diesel_async::AsyncConnection;
+    /// use diesel_on_commit::AsyncHookedConnection;
+    ///
+    /// type DbConn = AsyncHookedConnection<SyncConnectionWrapper<SqliteConnection>>;
+    /// let mut conn = DbConn::establish(":memory:").await.unwrap();
+    /// conn.transaction::<(), diesel::result::Error, _>(async |conn| {
+    ///     conn.on_commit_async(async { panic!("a bug in a hook") });
+    ///     conn.on_rollback_async(async { panic!("a bug in a hook") });
+    ///     conn.on_commit_with(async |_: &mut DbConn| panic!("a bug in a hook"));
+    ///     conn.on_commit(|| panic!("a bug in a hook"));
+    ///     Err(diesel::result::Error::RollbackTransaction)
+    /// })
+    /// .await
+    /// .unwrap_err();
+    /// # Ok(())
+    /// # }
+    /// ```
     #[track_caller]
     pub fn on_commit_async<Fut, R>(&mut self, future: Fut)
     where
@@ -103,7 +129,9 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     }
 
     /// Registers a future to be awaited after the level it was registered
-    /// in, or an enclosing one, rolled back.
+    /// in, or an enclosing one, rolled back. A future that only panics,
+    /// `async { panic!("..") }`, needs no annotation (see
+    /// [`on_commit_async`](Self::on_commit_async)).
     #[track_caller]
     pub fn on_rollback_async<Fut, R>(&mut self, future: Fut)
     where

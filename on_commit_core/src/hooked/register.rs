@@ -33,8 +33,8 @@ impl<C: Connection> HookedConnection<C> {
     /// transaction. Hooks run while the connection is still checked out of
     /// its pool: enqueue work, do not make slow calls.
     ///
-    /// A closure that only panics must name its return type:
-    /// `|| -> () { panic!("..") }` (Rust cannot infer one).
+    /// A closure that only panics needs no annotation: `|| panic!("..")`
+    /// returns `!`, which is a [`HookResult`](crate::HookResult) too.
     ///
     /// ```
     /// use diesel::prelude::*;

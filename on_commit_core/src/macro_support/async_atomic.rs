@@ -89,6 +89,20 @@ impl<C: AsyncConnection> Drop for Guard<'_, C> {
             C::TransactionManager::transaction_manager_status_mut(conn).set_in_error();
             true
         }));
+        // Rule C1 on every entry point. Rust has no specialization, and the
+        // macro cannot tell at its call site whether `C` is an
+        // `AsyncHookedConnection` (generic code, pool guards), so rather than
+        // picking the wrapper's own guarded `transaction` for it, this asks
+        // the connection's transaction manager whether it is broken: the
+        // one synchronous entry diesel-async's `TransactionManager` offers,
+        // and one that pool guards forward. A plain connection only answers;
+        // the wrapper (reached through a pool guard too) first settles the
+        // level just abandoned, handing its due `on_rollback` hooks to one
+        // spawned task now, as its own `transaction` does. Never panic out
+        // of `drop`.
+        let _ = panic::catch_unwind(AssertUnwindSafe(|| {
+            C::TransactionManager::is_broken_transaction_manager(conn)
+        }));
         match marked {
             Ok(false) => {}
             Ok(true) if closing => tracing::error!(
@@ -136,7 +150,9 @@ impl<C: AsyncConnection> AtomicAsyncConnection for C {}
 /// * A future dropped after BEGIN was sent and before the transaction
 ///   finished (in the body, or during a COMMIT or ROLLBACK that the
 ///   connection's manager had not finished) marks the transaction manager
-///   as in error (see `Guard`).
+///   as in error and asks it whether it is broken; an
+///   `AsyncHookedConnection` then hands the due `on_rollback` hooks to one
+///   spawned task (rule C1; see `Guard`).
 ///
 /// The future is `Send` when `body`'s future and `R` are (auto traits leak
 /// through `async fn`). `R` is the function's return type, given by the

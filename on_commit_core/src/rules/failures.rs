@@ -13,7 +13,9 @@ use std::panic::{self, AssertUnwindSafe};
 use crate::rules::label::HookLabel;
 
 /// What a hook may return: `()`, or a `Result<T, E>` whose error is
-/// [`Display`](fmt::Display) (the `Ok` value is dropped).
+/// [`Display`](fmt::Display) (the `Ok` value is dropped), or `!`: a hook
+/// whose body only panics (`|| panic!("..")`, `async { panic!("..") }`)
+/// needs no type annotation.
 ///
 /// An `Err` is logged with `tracing` at ERROR, with the hook's label and the
 /// error formatted with `{:#}` (so `anyhow` chains show), and never stops the
@@ -32,6 +34,34 @@ pub trait HookResult {
 impl HookResult for () {
     #[inline]
     fn __report(self, _label: &HookLabel) {}
+}
+
+/// Names the never type `!` on stable Rust: `fn() -> !` is a stable type,
+/// and its return type, read back through a trait, is `!` itself (the
+/// technique of the `never-say-never` crate).
+#[doc(hidden)]
+pub trait __FnOutput {
+    type Output;
+}
+
+impl<T> __FnOutput for fn() -> T {
+    type Output = T;
+}
+
+/// `!`.
+type Never = <fn() -> ! as __FnOutput>::Output;
+
+/// A hook whose body only panics (`|| panic!("..")`,
+/// `async { panic!("..") }`) returns `!`, which Rust's never-type fallback
+/// keeps as `!` (edition 2024, and the lint that warns of it in 2021) rather
+/// than `()`: with this impl such a hook needs no type annotation. Not
+/// listed when a hook returns something else (`end the hook with ;`).
+#[diagnostic::do_not_recommend]
+impl HookResult for Never {
+    #[inline]
+    fn __report(self, _label: &HookLabel) {
+        self
+    }
 }
 
 impl<T, E: fmt::Display> HookResult for Result<T, E> {
@@ -56,7 +86,7 @@ impl<T, E: fmt::Display> HookResult for Result<T, E> {
 /// let mut conn = HookedConnection::new(SqliteConnection::establish(":memory:")?);
 /// conn.set_hook_panics(HookPanics::Log);
 /// let committed = conn.transaction::<_, diesel::result::Error, _>(|conn| {
-///     conn.on_commit(|| -> () { panic!("bug in a hook") });
+///     conn.on_commit(|| panic!("bug in a hook"));
 ///     Ok("order placed")
 /// });
 /// assert_eq!(committed?, "order placed"); // logged, not resumed
