@@ -48,6 +48,24 @@ pub use on_commit_macros::{atomic, on_commit};
 /// The names most code needs: `use diesel_on_commit::prelude::*;` brings the
 /// wrapper, the [`TransactionHooks`] trait, the policies, capture, and the
 /// macros [`atomic`](macro@atomic) and [`on_commit!`].
+///
+/// ```
+/// use diesel::prelude::*;
+/// use diesel_on_commit::prelude::*;
+///
+/// #[atomic]
+/// fn place_order(conn: &mut HookedConnection<SqliteConnection>) -> QueryResult<()> {
+///     on_commit!(conn, println!("order placed"));
+///     Ok(())
+/// }
+///
+/// let mut conn = HookedConnection::new(SqliteConnection::establish(":memory:")?);
+/// conn.set_hook_panics(HookPanics::Log);
+/// let ((), hooks) = conn.capture_on_commit(Capture::Collect, |conn| place_order(conn).unwrap());
+/// assert_eq!(hooks.labels()[0].text(), "println!(\"order placed\")");
+/// hooks.run(&mut conn);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub mod prelude {
     pub use on_commit_core::prelude::*;
     pub use on_commit_macros::{atomic, on_commit};

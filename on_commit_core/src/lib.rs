@@ -63,6 +63,23 @@ pub use crate::rules::placement::OutsideTransaction;
 pub use crate::transaction_hooks::{AsyncHookFn, TransactionHooks};
 
 /// The names most code needs: `use diesel_on_commit::prelude::*;`.
+///
+/// ```
+/// use diesel::prelude::*;
+/// use diesel_on_commit::prelude::*;
+///
+/// let mut conn = HookedConnection::new(SqliteConnection::establish(":memory:")?);
+/// conn.set_outside_transaction(OutsideTransaction::Panic);
+/// let ((), hooks) = conn.capture_on_commit(Capture::Collect, |conn| {
+///     conn.transaction::<_, diesel::result::Error, _>(|conn| {
+///         TransactionHooks::on_commit(conn, || println!("sent"));
+///         Ok(())
+///     })
+///     .unwrap();
+/// });
+/// assert_eq!(hooks.len(), 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub mod prelude {
     #[cfg(feature = "async")]
     pub use crate::{AsyncCapturedHooks, AsyncHookedConnection};

@@ -46,6 +46,22 @@ pub trait TransactionHooks {
 
     /// As [`on_commit`](TransactionHooks::on_commit), but a panic in `f` is
     /// caught and logged and never resumed.
+    ///
+    /// ```
+    /// use diesel::prelude::*;
+    /// use diesel_on_commit::{HookedConnection, TransactionHooks};
+    ///
+    /// fn schedule_cache_warmup<C: TransactionHooks>(conn: &mut C) {
+    ///     conn.on_commit_robust(|| -> () { panic!("best effort: a panic is only logged") });
+    /// }
+    ///
+    /// let mut conn = HookedConnection::new(SqliteConnection::establish(":memory:")?);
+    /// conn.transaction::<_, diesel::result::Error, _>(|conn| {
+    ///     schedule_cache_warmup(conn);
+    ///     Ok(())
+    /// })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[track_caller]
     fn on_commit_robust<F, R>(&mut self, f: F)
     where
@@ -54,6 +70,25 @@ pub trait TransactionHooks {
 
     /// Runs `f` after the level it was registered in (or an enclosing one)
     /// rolled back. See [`HookedConnection::on_rollback`](crate::HookedConnection::on_rollback).
+    ///
+    /// ```
+    /// use diesel::prelude::*;
+    /// use diesel_on_commit::{HookedConnection, TransactionHooks};
+    /// use std::sync::mpsc;
+    ///
+    /// fn reserve_stock<C: TransactionHooks>(conn: &mut C, released: mpsc::Sender<i32>, sku: i32) {
+    ///     conn.on_rollback(move || released.send(sku));
+    /// }
+    ///
+    /// let mut conn = HookedConnection::new(SqliteConnection::establish(":memory:")?);
+    /// let (tx, rx) = mpsc::channel();
+    /// let _ = conn.transaction::<(), _, _>(|conn| {
+    ///     reserve_stock(conn, tx, 7);
+    ///     Err(diesel::result::Error::RollbackTransaction)
+    /// });
+    /// assert_eq!(rx.try_recv(), Ok(7));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[track_caller]
     fn on_rollback<F, R>(&mut self, f: F)
     where
@@ -62,6 +97,22 @@ pub trait TransactionHooks {
 
     /// Whether a user transaction is open (`d >= 1`; a test transaction
     /// alone does not count).
+    ///
+    /// ```
+    /// use diesel::prelude::*;
+    /// use diesel_on_commit::{HookedConnection, TransactionHooks};
+    ///
+    /// fn must_be_atomic<C: TransactionHooks>(conn: &mut C) {
+    ///     assert!(conn.in_transaction(), "call this inside a transaction");
+    /// }
+    ///
+    /// let mut conn = HookedConnection::new(SqliteConnection::establish(":memory:")?);
+    /// conn.transaction::<_, diesel::result::Error, _>(|conn| {
+    ///     must_be_atomic(conn);
+    ///     Ok(())
+    /// })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     fn in_transaction(&mut self) -> bool;
 
     /// `on_commit` with the label text given (for `on_commit!`).
@@ -130,6 +181,33 @@ pub trait AsyncTransactionHooks {
 /// (to require it `Send`): what diesel-async's `transaction` asks of its
 /// callback, for hooks that receive the connection. Every `async |conn| ..`
 /// closure implements it.
+///
+/// As a bound, for a helper that takes the same kind of hook the async
+/// wrapper's `on_commit_with` and `before_commit` take:
+///
+/// ```
+/// use diesel_on_commit::AsyncHookFn;
+/// use std::future::Future;
+/// use std::pin::pin;
+/// use std::task::{Context, Poll, Waker};
+///
+/// // Any `async |conn| ..` closure whose future is `Send`.
+/// fn hook<F>(f: F) -> F
+/// where
+///     F: for<'c> AsyncHookFn<&'c mut Vec<&'static str>, usize, Fut: Send>,
+/// {
+///     f
+/// }
+///
+/// let f = hook(async |log: &mut Vec<&'static str>| {
+///     log.push("ran");
+///     log.len()
+/// });
+/// let mut log = Vec::new();
+/// let mut future = pin!(f(&mut log)); // an executor would `.await` it
+/// let ready = future.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+/// assert_eq!(ready, Poll::Ready(1));
+/// ```
 pub trait AsyncHookFn<T, R>:
     AsyncFnOnce(T) -> R + FnOnce(T) -> <Self as AsyncHookFn<T, R>>::Fut
 {

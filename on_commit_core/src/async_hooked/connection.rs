@@ -40,6 +40,38 @@ use crate::transaction_hooks::AsyncHookFn;
 /// mobc: `AsyncDieselConnectionManager<AsyncHookedConnection<C>>`) work
 /// through it.
 ///
+/// ```
+/// use diesel::SqliteConnection;
+/// use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+/// use diesel_async::{AsyncConnection, RunQueryDsl};
+/// use diesel_on_commit::AsyncHookedConnection;
+/// use std::sync::{Arc, Mutex};
+///
+/// type DbConn = AsyncHookedConnection<SyncConnectionWrapper<SqliteConnection>>;
+///
+/// let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+/// runtime.block_on(async {
+///     let mut conn = DbConn::establish(":memory:").await?;
+///     let log = Arc::new(Mutex::new(Vec::new()));
+///     let (sync_log, async_log) = (log.clone(), log.clone());
+///     conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+///         diesel::sql_query("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+///             .execute(conn)
+///             .await?;
+///         conn.on_commit(move || sync_log.lock().unwrap().push("email"));
+///         conn.on_commit_async(async move {
+///             async_log.lock().unwrap().push("published"); // e.g. `broker.publish(..).await`
+///         });
+///         assert!(log.lock().unwrap().is_empty()); // nothing runs before COMMIT
+///         Ok(())
+///     })
+///     .await?;
+///     assert_eq!(*log.lock().unwrap(), ["email", "published"]); // awaited in order
+///     Ok::<(), Box<dyn std::error::Error>>(())
+/// })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
 /// **Cancellation.** A caller's future can be dropped at any `.await`:
 ///
 /// 1. before COMMIT was sent: nothing is committed; the connection is marked
@@ -74,6 +106,23 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     /// Wraps a connection. It must not be inside a transaction: one opened
     /// before wrapping is not the wrapper's and registering a hook in it
     /// panics (rule 8).
+    ///
+    /// ```
+    /// use diesel::SqliteConnection;
+    /// use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+    /// use diesel_async::AsyncConnection;
+    /// use diesel_on_commit::AsyncHookedConnection;
+    ///
+    /// type DbConn = AsyncHookedConnection<SyncConnectionWrapper<SqliteConnection>>;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+    /// let inner = SyncConnectionWrapper::<SqliteConnection>::establish(":memory:").await?;
+    /// let mut conn: DbConn = AsyncHookedConnection::new(inner);
+    /// assert!(!conn.in_transaction());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(inner: C) -> Self {
         Self {
             inner,
@@ -82,6 +131,23 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     }
 
     /// The inner connection.
+    ///
+    /// ```
+    /// use diesel::SqliteConnection;
+    /// use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+    /// use diesel_async::AsyncConnection;
+    /// use diesel_on_commit::AsyncHookedConnection;
+    ///
+    /// type DbConn = AsyncHookedConnection<SyncConnectionWrapper<SqliteConnection>>;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+    /// let conn = DbConn::establish(":memory:").await?;
+    /// let inner: &SyncConnectionWrapper<SqliteConnection> = conn.inner();
+    /// # let _ = inner;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn inner(&self) -> &C {
         &self.inner
     }
@@ -89,6 +155,24 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     /// The inner connection, for backend-specific methods and for helpers
     /// that only run queries. A transaction begun on it is not the
     /// wrapper's (rule 8).
+    ///
+    /// ```
+    /// use diesel::SqliteConnection;
+    /// use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+    /// use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+    /// use diesel_on_commit::AsyncHookedConnection;
+    ///
+    /// type DbConn = AsyncHookedConnection<SyncConnectionWrapper<SqliteConnection>>;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+    /// let mut conn = DbConn::establish(":memory:").await?;
+    /// conn.inner_mut()
+    ///     .batch_execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+    ///     .await?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn inner_mut(&mut self) -> &mut C {
         self.state.touched();
         &mut self.inner
@@ -96,6 +180,23 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
 
     /// Unwraps the connection. With an open user transaction, every queued
     /// hook is discarded with a warning: none of them runs (rule 10).
+    ///
+    /// ```
+    /// use diesel::SqliteConnection;
+    /// use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+    /// use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+    /// use diesel_on_commit::AsyncHookedConnection;
+    ///
+    /// type DbConn = AsyncHookedConnection<SyncConnectionWrapper<SqliteConnection>>;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+    /// let conn = DbConn::establish(":memory:").await?;
+    /// let mut plain: SyncConnectionWrapper<SqliteConnection> = conn.into_inner();
+    /// plain.batch_execute("SELECT 1").await?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn into_inner(mut self) -> C {
         self.state.discard_for_into_inner("AsyncHookedConnection");
         let Self { inner, state, .. } = self;
@@ -105,12 +206,57 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
 
     /// What registering an `on_commit`-kind hook outside a transaction does
     /// (rule 2); the default is [`OutsideTransaction::Run`].
+    ///
+    /// ```
+    /// use diesel::SqliteConnection;
+    /// use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+    /// use diesel_async::AsyncConnection;
+    /// use diesel_on_commit::{AsyncHookedConnection, OutsideTransaction};
+    ///
+    /// type DbConn = AsyncHookedConnection<SyncConnectionWrapper<SqliteConnection>>;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+    /// let mut conn = DbConn::establish(":memory:").await?;
+    /// conn.set_outside_transaction(OutsideTransaction::Panic);
+    /// conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+    ///     conn.on_commit(|| println!("inside a transaction: fine"));
+    ///     Ok(())
+    /// })
+    /// .await?;
+    /// // Outside one, `conn.on_commit(..)` would now panic.
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn set_outside_transaction(&mut self, policy: OutsideTransaction) {
         self.state.set_outside(policy);
     }
 
     /// What a hook's panic does once the other hooks ran (rule 6); the
     /// default is [`HookPanics::Resume`].
+    ///
+    /// ```
+    /// use diesel::SqliteConnection;
+    /// use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+    /// use diesel_async::AsyncConnection;
+    /// use diesel_on_commit::{AsyncHookedConnection, HookPanics};
+    ///
+    /// type DbConn = AsyncHookedConnection<SyncConnectionWrapper<SqliteConnection>>;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+    /// let mut conn = DbConn::establish(":memory:").await?;
+    /// conn.set_hook_panics(HookPanics::Log);
+    /// let committed = conn
+    ///     .transaction::<_, diesel::result::Error, _>(async |conn| {
+    ///         conn.on_commit(|| -> () { panic!("bug in a hook") });
+    ///         Ok("order placed")
+    ///     })
+    ///     .await;
+    /// assert_eq!(committed?, "order placed"); // the panic was logged, not resumed
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn set_hook_panics(&mut self, policy: HookPanics) {
         self.state.set_hook_panics(policy);
     }
@@ -183,6 +329,27 @@ impl<C: AsyncConnection> Observe for HookState<AsyncHook<C>> {
 pin_project_lite::pin_project! {
     /// The future of a statement run through [`AsyncHookedConnection`]: the
     /// inner connection's future, whose result is shown to the hook state.
+    ///
+    /// It is the wrapper's `LoadFuture` and `ExecuteFuture`; diesel-async's
+    /// `RunQueryDsl` methods await it for you.
+    ///
+    /// ```
+    /// use diesel::SqliteConnection;
+    /// use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+    /// use diesel_async::{AsyncConnection, AsyncConnectionCore};
+    /// use diesel_on_commit::{AsyncHookedConnection, Observed};
+    ///
+    /// type DbConn = AsyncHookedConnection<SyncConnectionWrapper<SqliteConnection>>;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+    /// let mut conn = DbConn::establish(":memory:").await?;
+    /// let query = diesel::sql_query("CREATE TABLE orders (id INTEGER PRIMARY KEY)");
+    /// let future: Observed<'_, _> = conn.execute_returning_count(query);
+    /// assert_eq!(future.await?, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use = "futures do nothing unless polled"]
     pub struct Observed<'s, F> {
         #[pin]

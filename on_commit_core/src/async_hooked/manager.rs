@@ -24,6 +24,31 @@ use crate::transaction_hooks::AsyncHookFn;
 /// The transaction manager of [`AsyncHookedConnection<C>`]: `C`'s own
 /// manager plus the hook rules. You do not use it directly;
 /// `transaction()`, `begin_test_transaction()` and pools call it.
+///
+/// ```
+/// use diesel::SqliteConnection;
+/// use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+/// use diesel::result::Error;
+/// use diesel_async::{AsyncConnection, TransactionManager};
+/// use diesel_on_commit::{AsyncHookedConnection, AsyncHookedTransactionManager};
+///
+/// type DbConn = AsyncHookedConnection<SyncConnectionWrapper<SqliteConnection>>;
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+/// type Manager = AsyncHookedTransactionManager<SyncConnectionWrapper<SqliteConnection>>;
+///
+/// let mut conn = DbConn::establish(":memory:").await?;
+/// conn.transaction::<_, Error, _>(async |conn| {
+///     // Generic code that reads the depth through diesel-async's trait:
+///     let depth = Manager::transaction_manager_status_mut(conn).transaction_depth()?;
+///     assert_eq!(depth.map(|d| d.get()), Some(1));
+///     Ok(())
+/// })
+/// .await?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct AsyncHookedTransactionManager<C>(PhantomData<fn() -> C>);
 
 impl<C> std::fmt::Debug for AsyncHookedTransactionManager<C> {
@@ -165,6 +190,38 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     /// [`HookPanics::Resume`](crate::HookPanics::Resume), a panic of an
     /// `on_commit` hook is resumed after COMMIT succeeded and the other hooks
     /// ran.
+    ///
+    /// ```
+    /// use diesel::SqliteConnection;
+    /// use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+    /// use diesel::result::Error;
+    /// use diesel_async::{AsyncConnection, RunQueryDsl};
+    /// use diesel_on_commit::AsyncHookedConnection;
+    /// use std::sync::mpsc;
+    ///
+    /// type DbConn = AsyncHookedConnection<SyncConnectionWrapper<SqliteConnection>>;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+    /// let mut conn = DbConn::establish(":memory:").await?;
+    /// let (tx, rx) = mpsc::channel();
+    /// let id = conn
+    ///     .transaction::<_, Error, _>(async |conn| {
+    ///         diesel::sql_query("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+    ///             .execute(conn)
+    ///             .await?;
+    ///         diesel::sql_query("INSERT INTO orders (id) VALUES (1)")
+    ///             .execute(conn)
+    ///             .await?;
+    ///         conn.on_commit(move || tx.send("order 1 confirmed"));
+    ///         Ok(1)
+    ///     })
+    ///     .await?;
+    /// assert_eq!(id, 1);
+    /// assert_eq!(rx.try_recv(), Ok("order 1 confirmed"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub async fn transaction<R, E, F>(&mut self, body: F) -> Result<R, E>
     where
         F: for<'r> AsyncHookFn<&'r mut Self, Result<R, E>>,

@@ -22,6 +22,30 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     /// Registers `f` to run after the outermost COMMIT succeeds; as
     /// [`HookedConnection::on_commit`](crate::HookedConnection::on_commit).
     /// It runs in one registration order with the async hooks.
+    ///
+    /// ```
+    /// use diesel::SqliteConnection;
+    /// use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+    /// use diesel::result::Error;
+    /// use diesel_async::AsyncConnection;
+    /// use diesel_on_commit::AsyncHookedConnection;
+    /// use std::sync::mpsc;
+    ///
+    /// type DbConn = AsyncHookedConnection<SyncConnectionWrapper<SqliteConnection>>;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+    /// let mut conn = DbConn::establish(":memory:").await?;
+    /// let (tx, rx) = mpsc::channel();
+    /// conn.transaction::<_, Error, _>(async |conn| {
+    ///     conn.on_commit(move || tx.send("email"));
+    ///     Ok(())
+    /// })
+    /// .await?;
+    /// assert_eq!(rx.try_recv(), Ok("email"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[track_caller]
     pub fn on_commit<F, R>(&mut self, f: F)
     where
@@ -34,6 +58,31 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
 
     /// As [`on_commit`](Self::on_commit), but a panic in `f` is caught,
     /// logged at ERROR with the hook's label, and never resumed.
+    ///
+    /// ```
+    /// use diesel::SqliteConnection;
+    /// use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+    /// use diesel::result::Error;
+    /// use diesel_async::AsyncConnection;
+    /// use diesel_on_commit::AsyncHookedConnection;
+    /// use std::sync::mpsc;
+    ///
+    /// type DbConn = AsyncHookedConnection<SyncConnectionWrapper<SqliteConnection>>;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+    /// let mut conn = DbConn::establish(":memory:").await?;
+    /// let (tx, rx) = mpsc::channel();
+    /// conn.transaction::<_, Error, _>(async |conn| {
+    ///     conn.on_commit_robust(|| -> () { panic!("a flaky side effect") });
+    ///     conn.on_commit(move || tx.send("still runs"));
+    ///     Ok(())
+    /// })
+    /// .await?; // no panic comes out: it was logged
+    /// assert_eq!(rx.try_recv(), Ok("still runs"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[track_caller]
     pub fn on_commit_robust<F, R>(&mut self, f: F)
     where
@@ -59,6 +108,31 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     /// it is spawned on the current tokio runtime (or, without one, logged
     /// at ERROR as not run); inside a running hook it runs right after that
     /// hook.
+    ///
+    /// ```
+    /// use diesel::SqliteConnection;
+    /// use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+    /// use diesel::result::Error;
+    /// use diesel_async::AsyncConnection;
+    /// use diesel_on_commit::AsyncHookedConnection;
+    /// use std::sync::mpsc;
+    ///
+    /// type DbConn = AsyncHookedConnection<SyncConnectionWrapper<SqliteConnection>>;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+    /// let mut conn = DbConn::establish(":memory:").await?;
+    /// let (tx, rx) = mpsc::channel();
+    /// conn.transaction::<_, Error, _>(async |conn| {
+    ///     // e.g. `async move { broker.publish(OrderPlaced { id }).await }`
+    ///     conn.on_commit_async(async move { tx.send("order placed") });
+    ///     Ok(())
+    /// })
+    /// .await?;
+    /// assert_eq!(rx.try_recv(), Ok("order placed")); // awaited before `transaction` returned
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// A future that only panics needs no annotation (its output, `!`, is a
     /// [`HookResult`](crate::HookResult) too); nor does an async closure
@@ -100,6 +174,33 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     /// the connection at `d == 0` after COMMIT: a hook it registers runs
     /// right after it (depth first), and a transaction it opens is a fresh
     /// one with its own hooks.
+    ///
+    /// ```
+    /// use diesel::SqliteConnection;
+    /// use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+    /// use diesel::result::Error;
+    /// use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
+    /// use diesel_on_commit::AsyncHookedConnection;
+    ///
+    /// type DbConn = AsyncHookedConnection<SyncConnectionWrapper<SqliteConnection>>;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+    /// let mut conn = DbConn::establish(":memory:").await?;
+    /// conn.batch_execute("CREATE TABLE audit (what TEXT)").await?;
+    /// conn.transaction::<_, Error, _>(async |conn| {
+    ///     conn.on_commit_with(async |conn: &mut DbConn| {
+    ///         assert!(!conn.in_transaction()); // after COMMIT, at depth 0
+    ///         diesel::sql_query("INSERT INTO audit VALUES ('order placed')")
+    ///             .execute(conn)
+    ///             .await
+    ///     });
+    ///     Ok(())
+    /// })
+    /// .await?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[track_caller]
     pub fn on_commit_with<F, R>(&mut self, f: F)
     where
@@ -118,6 +219,32 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     /// [`HookedConnection::on_rollback`](crate::HookedConnection::on_rollback).
     /// It is awaited in one registration order with `on_rollback_async`
     /// hooks, before the rolling-back call returns.
+    ///
+    /// ```
+    /// use diesel::SqliteConnection;
+    /// use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+    /// use diesel::result::Error;
+    /// use diesel_async::AsyncConnection;
+    /// use diesel_on_commit::AsyncHookedConnection;
+    /// use std::sync::mpsc;
+    ///
+    /// type DbConn = AsyncHookedConnection<SyncConnectionWrapper<SqliteConnection>>;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+    /// let mut conn = DbConn::establish(":memory:").await?;
+    /// let (tx, rx) = mpsc::channel();
+    /// let result = conn
+    ///     .transaction::<(), _, _>(async |conn| {
+    ///         conn.on_rollback(move || tx.send("release the reserved stock"));
+    ///         Err(Error::RollbackTransaction)
+    ///     })
+    ///     .await;
+    /// assert!(result.is_err());
+    /// assert_eq!(rx.try_recv(), Ok("release the reserved stock"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[track_caller]
     pub fn on_rollback<F, R>(&mut self, f: F)
     where
@@ -132,6 +259,33 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     /// in, or an enclosing one, rolled back. A future that only panics,
     /// `async { panic!("..") }`, needs no annotation (see
     /// [`on_commit_async`](Self::on_commit_async)).
+    ///
+    /// ```
+    /// use diesel::SqliteConnection;
+    /// use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+    /// use diesel::result::Error;
+    /// use diesel_async::AsyncConnection;
+    /// use diesel_on_commit::AsyncHookedConnection;
+    /// use std::sync::mpsc;
+    ///
+    /// type DbConn = AsyncHookedConnection<SyncConnectionWrapper<SqliteConnection>>;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+    /// let mut conn = DbConn::establish(":memory:").await?;
+    /// let (tx, rx) = mpsc::channel();
+    /// let result = conn
+    ///     .transaction::<(), _, _>(async |conn| {
+    ///         // e.g. `async move { payments.refund(charge).await }`
+    ///         conn.on_rollback_async(async move { tx.send("refund") });
+    ///         Err(Error::RollbackTransaction)
+    ///     })
+    ///     .await;
+    /// assert!(result.is_err());
+    /// assert_eq!(rx.try_recv(), Ok("refund"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[track_caller]
     pub fn on_rollback_async<Fut, R>(&mut self, future: Fut)
     where
@@ -151,6 +305,33 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     /// # Panics
     ///
     /// Outside a transaction, under every policy.
+    ///
+    /// ```
+    /// use diesel::SqliteConnection;
+    /// use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+    /// use diesel::result::Error;
+    /// use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+    /// use diesel_on_commit::AsyncHookedConnection;
+    ///
+    /// type DbConn = AsyncHookedConnection<SyncConnectionWrapper<SqliteConnection>>;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+    /// let mut conn = DbConn::establish(":memory:").await?;
+    /// // A last check inside the transaction, which may query: an Err vetoes the COMMIT.
+    /// let result = conn
+    ///     .transaction::<(), Error, _>(async |conn| {
+    ///         conn.before_commit(async |conn: &mut DbConn| {
+    ///             conn.batch_execute("SELECT 1").await?;
+    ///             Err(Error::NotFound)
+    ///         });
+    ///         Ok(())
+    ///     })
+    ///     .await;
+    /// assert!(matches!(result, Err(Error::NotFound)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[track_caller]
     pub fn before_commit<F>(&mut self, f: F)
     where
@@ -162,6 +343,28 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
 
     /// Whether a user transaction is open: `d >= 1`. Inside a test
     /// transaction alone this is `false`.
+    ///
+    /// ```
+    /// use diesel::SqliteConnection;
+    /// use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+    /// use diesel::result::Error;
+    /// use diesel_async::AsyncConnection;
+    /// use diesel_on_commit::AsyncHookedConnection;
+    ///
+    /// type DbConn = AsyncHookedConnection<SyncConnectionWrapper<SqliteConnection>>;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+    /// let mut conn = DbConn::establish(":memory:").await?;
+    /// assert!(!conn.in_transaction());
+    /// conn.transaction::<_, Error, _>(async |conn| {
+    ///     assert!(conn.in_transaction());
+    ///     Ok(())
+    /// })
+    /// .await?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn in_transaction(&mut self) -> bool {
         self.check_levels() != DepthCheck::Broken && self.user_depth() >= 1
     }

@@ -24,6 +24,38 @@ use crate::transaction_hooks::AsyncHookFn;
 /// The `on_commit`-kind hooks captured by
 /// [`AsyncHookedConnection::capture_on_commit`], in the order they would
 /// have run: [`CapturedHooks`](crate::CapturedHooks) for the async wrapper.
+///
+/// ```
+/// use diesel::SqliteConnection;
+/// use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+/// use diesel::result::Error;
+/// use diesel_async::AsyncConnection;
+/// use diesel_on_commit::{AsyncHookedConnection, Capture};
+/// use std::sync::mpsc;
+///
+/// type DbConn = AsyncHookedConnection<SyncConnectionWrapper<SqliteConnection>>;
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+/// let mut conn = DbConn::establish(":memory:").await?;
+/// let (tx, rx) = mpsc::channel();
+/// let ((), hooks) = conn
+///     .capture_on_commit(Capture::Collect, async |conn: &mut DbConn| {
+///         conn.transaction::<_, Error, _>(async |conn| {
+///             conn.on_commit_async(async move { tx.send("published") });
+///             Ok(())
+///         })
+///         .await
+///         .unwrap();
+///     })
+///     .await;
+/// assert_eq!(hooks.len(), 1); // committed, captured, not yet run
+/// assert!(rx.try_recv().is_err());
+/// hooks.run(&mut conn).await;
+/// assert_eq!(rx.try_recv(), Ok("published"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[must_use = "captured hooks do nothing unless inspected or run with `AsyncCapturedHooks::run`"]
 pub struct AsyncCapturedHooks<C: AsyncConnection> {
     labels: Vec<HookLabel>,
@@ -38,12 +70,67 @@ impl<C: AsyncConnection> AsyncCapturedHooks<C> {
     }
 
     /// Whether no hook was captured.
+    ///
+    /// ```
+    /// use diesel::SqliteConnection;
+    /// use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+    /// use diesel::result::Error;
+    /// use diesel_async::AsyncConnection;
+    /// use diesel_on_commit::{AsyncHookedConnection, Capture};
+    ///
+    /// type DbConn = AsyncHookedConnection<SyncConnectionWrapper<SqliteConnection>>;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+    /// let mut conn = DbConn::establish(":memory:").await?;
+    /// let ((), hooks) = conn
+    ///     .capture_on_commit(Capture::Collect, async |conn: &mut DbConn| {
+    ///         let _ = conn
+    ///             .transaction::<(), _, _>(async |conn| {
+    ///                 conn.on_commit(|| println!("discarded by the rollback"));
+    ///                 Err(Error::RollbackTransaction)
+    ///             })
+    ///             .await;
+    ///     })
+    ///     .await;
+    /// assert!(hooks.is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
 
     /// The captured hooks' labels, in capture order; each displays as
     /// `file:line: text`.
+    ///
+    /// ```
+    /// use diesel::SqliteConnection;
+    /// use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+    /// use diesel::result::Error;
+    /// use diesel_async::AsyncConnection;
+    /// use diesel_on_commit::{AsyncHookedConnection, Capture};
+    ///
+    /// type DbConn = AsyncHookedConnection<SyncConnectionWrapper<SqliteConnection>>;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+    /// let mut conn = DbConn::establish(":memory:").await?;
+    /// let ((), hooks) = conn
+    ///     .capture_on_commit(Capture::Execute, async |conn: &mut DbConn| {
+    ///         conn.transaction::<_, Error, _>(async |conn| {
+    ///             conn.on_commit(|| println!("email"));
+    ///             Ok(())
+    ///         })
+    ///         .await
+    ///         .unwrap();
+    ///     })
+    ///     .await;
+    /// assert_eq!(hooks.labels().len(), 1);
+    /// assert!(hooks.labels()[0].to_string().contains("{{closure}}"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn labels(&self) -> &[HookLabel] {
         &self.labels
     }
@@ -51,6 +138,38 @@ impl<C: AsyncConnection> AsyncCapturedHooks<C> {
     /// Runs the collected hooks, in order, with `conn`, awaiting the async
     /// ones, as they would have run after COMMIT. Does nothing for hooks
     /// captured with [`Capture::Execute`].
+    ///
+    /// ```
+    /// use diesel::SqliteConnection;
+    /// use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+    /// use diesel::result::Error;
+    /// use diesel_async::AsyncConnection;
+    /// use diesel_on_commit::{AsyncHookedConnection, Capture};
+    /// use std::sync::mpsc;
+    ///
+    /// type DbConn = AsyncHookedConnection<SyncConnectionWrapper<SqliteConnection>>;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+    /// let mut conn = DbConn::establish(":memory:").await?;
+    /// let (tx, rx) = mpsc::channel();
+    /// let ((), hooks) = conn
+    ///     .capture_on_commit(Capture::Collect, async |conn: &mut DbConn| {
+    ///         conn.transaction::<_, Error, _>(async |conn| {
+    ///             conn.on_commit_async(async move { tx.send("published") });
+    ///             Ok(())
+    ///         })
+    ///         .await
+    ///         .unwrap();
+    ///     })
+    ///     .await;
+    /// assert_eq!(hooks.len(), 1); // committed, captured, not yet run
+    /// assert!(rx.try_recv().is_err());
+    /// hooks.run(&mut conn).await;
+    /// assert_eq!(rx.try_recv(), Ok("published"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub async fn run(self, conn: &mut AsyncHookedConnection<C>) {
         let hooks = self
             .labels
@@ -102,6 +221,43 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     /// # Panics
     ///
     /// If the body returns `Err`, as Diesel's `test_transaction`.
+    ///
+    /// ```
+    /// use diesel::SqliteConnection;
+    /// use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+    /// use diesel::result::Error;
+    /// use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
+    /// use diesel_on_commit::AsyncHookedConnection;
+    /// use std::sync::mpsc;
+    ///
+    /// type DbConn = AsyncHookedConnection<SyncConnectionWrapper<SqliteConnection>>;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+    /// let mut conn = DbConn::establish(":memory:").await?;
+    /// conn.batch_execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)").await?;
+    /// let (tx, rx) = mpsc::channel();
+    /// conn.test_transaction::<_, Error, _>(async |conn| {
+    ///     assert!(!conn.in_transaction()); // the test transaction is the baseline
+    ///     conn.transaction::<_, Error, _>(async |conn| {
+    ///         diesel::sql_query("INSERT INTO orders (id) VALUES (1)")
+    ///             .execute(conn)
+    ///             .await?;
+    ///         conn.on_commit(move || tx.send("fired by the user commit"));
+    ///         Ok(())
+    ///     })
+    ///     .await?;
+    ///     assert_eq!(rx.try_recv(), Ok("fired by the user commit"));
+    ///     Ok(())
+    /// })
+    /// .await;
+    /// // The test transaction was rolled back: id 1 is free again.
+    /// diesel::sql_query("INSERT INTO orders (id) VALUES (1)")
+    ///     .execute(&mut conn)
+    ///     .await?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub async fn test_transaction<R, E, F>(&mut self, body: F) -> R
     where
         F: for<'r> AsyncHookFn<&'r mut Self, Result<R, E>>,
@@ -141,6 +297,38 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     /// # Panics
     ///
     /// Inside a user transaction (`d >= 1`) or inside another capture.
+    ///
+    /// ```
+    /// use diesel::SqliteConnection;
+    /// use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+    /// use diesel::result::Error;
+    /// use diesel_async::AsyncConnection;
+    /// use diesel_on_commit::{AsyncHookedConnection, Capture};
+    /// use std::sync::mpsc;
+    ///
+    /// type DbConn = AsyncHookedConnection<SyncConnectionWrapper<SqliteConnection>>;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+    /// let mut conn = DbConn::establish(":memory:").await?;
+    /// let (tx, rx) = mpsc::channel();
+    /// let ((), hooks) = conn
+    ///     .capture_on_commit(Capture::Collect, async |conn: &mut DbConn| {
+    ///         conn.transaction::<_, Error, _>(async |conn| {
+    ///             conn.on_commit_async(async move { tx.send("published") });
+    ///             Ok(())
+    ///         })
+    ///         .await
+    ///         .unwrap();
+    ///     })
+    ///     .await;
+    /// assert_eq!(hooks.len(), 1); // committed, captured, not yet run
+    /// assert!(rx.try_recv().is_err());
+    /// hooks.run(&mut conn).await;
+    /// assert_eq!(rx.try_recv(), Ok("published"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub async fn capture_on_commit<R, F>(
         &mut self,
         mode: Capture,

@@ -14,7 +14,22 @@ use crate::options::builder::{
 /// MySQL's transaction options. Diesel has no builder for MySQL; the
 /// isolation level is set for the next transaction only
 /// (`SET TRANSACTION ISOLATION LEVEL ..`) right before
-/// `START TRANSACTION`.
+/// `START TRANSACTION`. Set through
+/// `HookedConnection<MysqlConnection>::build_transaction()`:
+///
+/// ```no_run
+/// use diesel::prelude::*;
+/// use diesel_on_commit::{HookedConnection, MysqlTransactionOptions, TransactionBuilder};
+///
+/// let mut conn = HookedConnection::new(MysqlConnection::establish("mysql://localhost/shop")?);
+/// let builder: TransactionBuilder<'_, MysqlConnection, MysqlTransactionOptions> =
+///     conn.build_transaction().read_committed().read_write();
+/// builder.run(|conn| {
+///     conn.on_commit(|| println!("committed under READ COMMITTED"));
+///     Ok::<_, diesel::result::Error>(())
+/// })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MysqlTransactionOptions {
     isolation: Option<IsolationLevel>,
@@ -57,6 +72,20 @@ impl BeginStatement<MysqlConnection> for MysqlTransactionOptions {
 
 impl HookedConnection<MysqlConnection> {
     /// A transaction with MySQL options through the wrapper.
+    ///
+    /// ```no_run
+    /// # use diesel::prelude::*;
+    /// # use diesel_on_commit::{HookedConnection, RetryPolicy};
+    /// # fn f(conn: &mut HookedConnection<MysqlConnection>) -> QueryResult<()> {
+    /// conn.build_transaction()
+    ///     .serializable()
+    ///     .retry(RetryPolicy::attempts(5)) // InnoDB deadlocks and lock wait timeouts
+    ///     .run(|conn| {
+    ///         conn.on_commit(|| println!("committed, once"));
+    ///         Ok(())
+    ///     })
+    /// # }
+    /// ```
     pub fn build_transaction(
         &mut self,
     ) -> TransactionBuilder<'_, MysqlConnection, MysqlTransactionOptions> {
@@ -75,6 +104,18 @@ impl IsolationAndReadMode for MysqlTransactionOptions {
 
 impl<R> TransactionBuilder<'_, MysqlConnection, MysqlTransactionOptions, R> {
     /// `WITH CONSISTENT SNAPSHOT`
+    ///
+    /// ```no_run
+    /// # use diesel::prelude::*;
+    /// # use diesel_on_commit::HookedConnection;
+    /// # fn f(conn: &mut HookedConnection<MysqlConnection>) -> QueryResult<()> {
+    /// // START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY
+    /// conn.build_transaction()
+    ///     .with_consistent_snapshot()
+    ///     .read_only()
+    ///     .run(|_conn| Ok(()))
+    /// # }
+    /// ```
     pub fn with_consistent_snapshot(mut self) -> Self {
         self.options.consistent_snapshot = true;
         self

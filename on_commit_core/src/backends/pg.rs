@@ -16,7 +16,22 @@ use crate::options::builder::{
 };
 
 /// PostgreSQL's transaction options; rendered by Diesel's own
-/// `TransactionBuilder`.
+/// `TransactionBuilder`. Set through
+/// `HookedConnection<PgConnection>::build_transaction()`:
+///
+/// ```no_run
+/// use diesel::prelude::*;
+/// use diesel_on_commit::{HookedConnection, PgTransactionOptions, TransactionBuilder};
+///
+/// let mut conn = HookedConnection::new(PgConnection::establish("postgres://localhost/shop")?);
+/// let builder: TransactionBuilder<'_, PgConnection, PgTransactionOptions> =
+///     conn.build_transaction().repeatable_read().read_write().not_deferrable();
+/// builder.run(|conn| {
+///     conn.on_commit(|| println!("committed under REPEATABLE READ"));
+///     Ok::<_, diesel::result::Error>(())
+/// })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PgTransactionOptions {
     isolation: Option<IsolationLevel>,
@@ -139,11 +154,36 @@ impl IsolationAndReadMode for PgTransactionOptions {
 
 impl<R> TransactionBuilder<'_, PgConnection, PgTransactionOptions, R> {
     /// `DEFERRABLE` (with `SERIALIZABLE READ ONLY`: waits for a safe snapshot)
+    ///
+    /// ```no_run
+    /// # use diesel::prelude::*;
+    /// # use diesel_on_commit::HookedConnection;
+    /// # fn f(conn: &mut HookedConnection<PgConnection>) -> QueryResult<()> {
+    /// // A long report that never fails with a serialization error.
+    /// conn.build_transaction()
+    ///     .serializable()
+    ///     .read_only()
+    ///     .deferrable()
+    ///     .run(|_conn| Ok(()))
+    /// # }
+    /// ```
     pub fn deferrable(mut self) -> Self {
         self.options.deferrable = Some(true);
         self
     }
     /// `NOT DEFERRABLE`
+    ///
+    /// ```no_run
+    /// # use diesel::prelude::*;
+    /// # use diesel_on_commit::HookedConnection;
+    /// # fn f(conn: &mut HookedConnection<PgConnection>) -> QueryResult<()> {
+    /// conn.build_transaction()
+    ///     .serializable()
+    ///     .read_only()
+    ///     .not_deferrable()
+    ///     .run(|_conn| Ok(()))
+    /// # }
+    /// ```
     pub fn not_deferrable(mut self) -> Self {
         self.options.deferrable = Some(false);
         self

@@ -7,7 +7,25 @@ use crate::options::builder::{BeginStatement, TransactionBuilder};
 use diesel::result::{Error, QueryResult};
 use diesel::sqlite::SqliteConnection;
 
-/// SQLite's locking mode for `BEGIN`.
+/// SQLite's locking mode for `BEGIN`: the options of
+/// `HookedConnection<SqliteConnection>::build_transaction()`.
+///
+/// ```
+/// use diesel::prelude::*;
+/// use diesel_on_commit::{HookedConnection, SqliteTransactionMode};
+///
+/// let mut conn = HookedConnection::new(SqliteConnection::establish(":memory:")?);
+/// let mode = SqliteTransactionMode::Immediate; // e.g. from configuration
+/// let builder = conn.build_transaction();
+/// let builder = match mode {
+///     SqliteTransactionMode::Deferred => builder,
+///     SqliteTransactionMode::Immediate => builder.immediate(),
+///     SqliteTransactionMode::Exclusive => builder.exclusive(),
+/// };
+/// builder.run(|_conn| Ok::<_, diesel::result::Error>(()))?;
+/// assert_eq!(SqliteTransactionMode::default(), SqliteTransactionMode::Deferred);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum SqliteTransactionMode {
     /// `BEGIN` (deferred: locks on first read or write)
@@ -33,6 +51,22 @@ impl BeginStatement<SqliteConnection> for SqliteTransactionMode {
 impl HookedConnection<SqliteConnection> {
     /// A transaction with a SQLite locking mode (and optionally a retry
     /// policy for `SQLITE_BUSY`).
+    ///
+    /// ```
+    /// use diesel::prelude::*;
+    /// use diesel_on_commit::{HookedConnection, RetryPolicy};
+    ///
+    /// let mut conn = HookedConnection::new(SqliteConnection::establish(":memory:")?);
+    /// conn.build_transaction()
+    ///     .immediate()
+    ///     .retry(RetryPolicy::attempts(5))
+    ///     .run(|conn| {
+    ///         diesel::sql_query("CREATE TABLE orders (id INTEGER PRIMARY KEY)").execute(conn)?;
+    ///         conn.on_commit(|| println!("schema ready"));
+    ///         Ok::<_, diesel::result::Error>(())
+    ///     })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn build_transaction(
         &mut self,
     ) -> TransactionBuilder<'_, SqliteConnection, SqliteTransactionMode> {
@@ -41,6 +75,19 @@ impl HookedConnection<SqliteConnection> {
 
     /// Diesel's `SqliteConnection::immediate_transaction` through the
     /// wrapper: `BEGIN IMMEDIATE`, with every hook rule.
+    ///
+    /// ```
+    /// use diesel::prelude::*;
+    /// use diesel_on_commit::HookedConnection;
+    ///
+    /// let mut conn = HookedConnection::new(SqliteConnection::establish(":memory:")?);
+    /// let n = conn.immediate_transaction(|conn| {
+    ///     conn.on_commit(|| println!("committed"));
+    ///     diesel::sql_query("CREATE TABLE orders (id INTEGER PRIMARY KEY)").execute(conn)
+    /// })?;
+    /// assert_eq!(n, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn immediate_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
     where
         F: FnOnce(&mut Self) -> Result<T, E>,
@@ -51,6 +98,18 @@ impl HookedConnection<SqliteConnection> {
 
     /// Diesel's `SqliteConnection::exclusive_transaction` through the
     /// wrapper: `BEGIN EXCLUSIVE`, with every hook rule.
+    ///
+    /// ```
+    /// use diesel::prelude::*;
+    /// use diesel_on_commit::HookedConnection;
+    ///
+    /// let mut conn = HookedConnection::new(SqliteConnection::establish(":memory:")?);
+    /// conn.exclusive_transaction::<_, diesel::result::Error, _>(|conn| {
+    ///     conn.on_commit(|| println!("committed"));
+    ///     Ok(())
+    /// })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn exclusive_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
     where
         F: FnOnce(&mut Self) -> Result<T, E>,
@@ -62,11 +121,33 @@ impl HookedConnection<SqliteConnection> {
 
 impl<R> TransactionBuilder<'_, SqliteConnection, SqliteTransactionMode, R> {
     /// `BEGIN IMMEDIATE`
+    ///
+    /// ```
+    /// use diesel::prelude::*;
+    /// use diesel_on_commit::HookedConnection;
+    ///
+    /// let mut conn = HookedConnection::new(SqliteConnection::establish(":memory:")?);
+    /// conn.build_transaction()
+    ///     .immediate()
+    ///     .run(|_conn| Ok::<_, diesel::result::Error>(()))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn immediate(mut self) -> Self {
         self.options = SqliteTransactionMode::Immediate;
         self
     }
     /// `BEGIN EXCLUSIVE`
+    ///
+    /// ```
+    /// use diesel::prelude::*;
+    /// use diesel_on_commit::HookedConnection;
+    ///
+    /// let mut conn = HookedConnection::new(SqliteConnection::establish(":memory:")?);
+    /// conn.build_transaction()
+    ///     .exclusive()
+    ///     .run(|_conn| Ok::<_, diesel::result::Error>(()))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn exclusive(mut self) -> Self {
         self.options = SqliteTransactionMode::Exclusive;
         self

@@ -78,6 +78,16 @@ impl<C: Connection> HookedConnection<C> {
     }
 
     /// The inner connection.
+    ///
+    /// ```
+    /// use diesel::prelude::*;
+    /// use diesel_on_commit::HookedConnection;
+    ///
+    /// let conn = HookedConnection::new(SqliteConnection::establish(":memory:")?);
+    /// let inner: &SqliteConnection = conn.inner();
+    /// # let _ = inner;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn inner(&self) -> &C {
         &self.inner
     }
@@ -85,6 +95,20 @@ impl<C: Connection> HookedConnection<C> {
     /// The inner connection, for backend-specific methods (for example
     /// `SqliteConnection::register_sql_function`) and for helpers that only
     /// run queries. A transaction begun on it is not the wrapper's (rule 8).
+    ///
+    /// ```
+    /// use diesel::prelude::*;
+    /// use diesel_on_commit::HookedConnection;
+    ///
+    /// let mut conn = HookedConnection::new(SqliteConnection::establish(":memory:")?);
+    /// // A helper written for the plain connection runs on the inner one.
+    /// fn create_schema(conn: &mut SqliteConnection) -> QueryResult<usize> {
+    ///     diesel::sql_query("CREATE TABLE orders (id INTEGER PRIMARY KEY)").execute(conn)
+    /// }
+    /// create_schema(conn.inner_mut())?;
+    /// diesel::sql_query("INSERT INTO orders (id) VALUES (1)").execute(&mut conn)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn inner_mut(&mut self) -> &mut C {
         self.state.touched();
         &mut self.inner
@@ -92,6 +116,16 @@ impl<C: Connection> HookedConnection<C> {
 
     /// Unwraps the connection. With an open user transaction, every queued
     /// hook is discarded with a warning: none of them runs (rule 10).
+    ///
+    /// ```
+    /// use diesel::prelude::*;
+    /// use diesel_on_commit::HookedConnection;
+    ///
+    /// let conn = HookedConnection::new(SqliteConnection::establish(":memory:")?);
+    /// let mut plain: SqliteConnection = conn.into_inner();
+    /// diesel::sql_query("SELECT 1").execute(&mut plain)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn into_inner(mut self) -> C {
         self.state.discard_for_into_inner("HookedConnection");
         let Self { inner, state } = self;
@@ -101,12 +135,48 @@ impl<C: Connection> HookedConnection<C> {
 
     /// What registering an `on_commit`-kind hook outside a transaction does
     /// (rule 2); the default is [`OutsideTransaction::Run`].
+    ///
+    /// ```
+    /// use diesel::prelude::*;
+    /// use diesel_on_commit::{HookedConnection, OutsideTransaction};
+    /// use std::sync::mpsc;
+    ///
+    /// let mut conn = HookedConnection::new(SqliteConnection::establish(":memory:")?);
+    /// conn.set_outside_transaction(OutsideTransaction::WarnAndRun);
+    /// let (tx, rx) = mpsc::channel();
+    /// conn.on_commit(move || tx.send("ran at once")); // logs a warning first
+    /// assert_eq!(rx.try_recv(), Ok("ran at once"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn set_outside_transaction(&mut self, policy: OutsideTransaction) {
         self.state.set_outside(policy);
     }
 
     /// What a hook's panic does once the other hooks ran (rule 6); the
     /// default is [`HookPanics::Resume`].
+    ///
+    /// ```
+    /// use diesel::prelude::*;
+    /// use diesel_on_commit::{HookPanics, HookedConnection};
+    /// use std::panic::{catch_unwind, AssertUnwindSafe};
+    ///
+    /// let mut conn = HookedConnection::new(SqliteConnection::establish(":memory:")?);
+    /// // Resume (the default): the panic comes out of `transaction`, after COMMIT.
+    /// let resumed = catch_unwind(AssertUnwindSafe(|| {
+    ///     conn.transaction::<_, diesel::result::Error, _>(|conn| {
+    ///         conn.on_commit(|| -> () { panic!("bug in a hook") });
+    ///         Ok(())
+    ///     })
+    /// }));
+    /// assert!(resumed.is_err());
+    /// // Log: the panic is logged only.
+    /// conn.set_hook_panics(HookPanics::Log);
+    /// conn.transaction::<_, diesel::result::Error, _>(|conn| {
+    ///     conn.on_commit(|| -> () { panic!("bug in a hook") });
+    ///     Ok(())
+    /// })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn set_hook_panics(&mut self, policy: HookPanics) {
         self.state.set_hook_panics(policy);
     }
@@ -127,6 +197,22 @@ impl<C: Connection> HookedConnection<C> {
     /// **A panic out of `transaction` does not always mean a rollback**: under
     /// [`HookPanics::Resume`], a panic of an `on_commit` hook is resumed after
     /// COMMIT succeeded and the other hooks ran.
+    ///
+    /// ```
+    /// use diesel::prelude::*;
+    /// use diesel_on_commit::HookedConnection;
+    /// use std::sync::mpsc;
+    ///
+    /// let mut conn = HookedConnection::new(SqliteConnection::establish(":memory:")?);
+    /// let (tx, rx) = mpsc::channel();
+    /// let failed = conn.transaction::<(), _, _>(|conn| {
+    ///     conn.on_commit(move || tx.send("never sent"));
+    ///     Err(diesel::result::Error::RollbackTransaction)
+    /// });
+    /// assert!(failed.is_err());
+    /// assert!(rx.try_recv().is_err()); // rolled back: the hook was discarded
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
     where
         F: FnOnce(&mut Self) -> Result<T, E>,

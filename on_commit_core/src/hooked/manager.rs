@@ -24,6 +24,24 @@ use crate::rules::levels::{Counter, DepthCheck, Raised};
 ///
 /// Each method states what it guarantees about the hook levels, in the
 /// manner of Diesel's `TransactionManager`.
+///
+/// ```
+/// use diesel::connection::{Connection, TransactionManager};
+/// use diesel::prelude::*;
+/// use diesel_on_commit::{HookedConnection, HookedTransactionManager};
+///
+/// type DbConn = HookedConnection<SqliteConnection>;
+/// type Manager = HookedTransactionManager<SqliteConnection>;
+///
+/// let mut conn = DbConn::establish(":memory:")?;
+/// conn.transaction::<_, diesel::result::Error, _>(|conn| {
+///     // Generic code that reads the depth through Diesel's trait:
+///     let depth = Manager::transaction_manager_status_mut(conn).transaction_depth()?;
+///     assert_eq!(depth.map(|d| d.get()), Some(1));
+///     Ok(())
+/// })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct HookedTransactionManager<C>(PhantomData<C>);
 
 impl<C> std::fmt::Debug for HookedTransactionManager<C> {

@@ -73,6 +73,22 @@ impl<C: Connection> HookedConnection<C> {
 
     /// As [`on_commit`](Self::on_commit), but a panic in `f` is caught,
     /// logged at ERROR with the hook's label, and never resumed.
+    ///
+    /// ```
+    /// use diesel::prelude::*;
+    /// use diesel_on_commit::HookedConnection;
+    /// use std::sync::mpsc;
+    ///
+    /// let mut conn = HookedConnection::new(SqliteConnection::establish(":memory:")?);
+    /// let (tx, rx) = mpsc::channel();
+    /// conn.transaction::<_, diesel::result::Error, _>(|conn| {
+    ///     conn.on_commit_robust(|| -> () { panic!("a flaky side effect") });
+    ///     conn.on_commit(move || tx.send("still runs"));
+    ///     Ok(())
+    /// })?; // no panic comes out: it was logged
+    /// assert_eq!(rx.try_recv(), Ok("still runs"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[track_caller]
     pub fn on_commit_robust<F, R>(&mut self, f: F)
     where
@@ -186,6 +202,21 @@ impl<C: Connection> HookedConnection<C> {
 
     /// Whether a user transaction is open: `d >= 1`. Inside a test
     /// transaction alone this is `false`.
+    ///
+    /// ```
+    /// use diesel::prelude::*;
+    /// use diesel_on_commit::HookedConnection;
+    ///
+    /// let mut conn = HookedConnection::new(SqliteConnection::establish(":memory:")?);
+    /// assert!(!conn.in_transaction());
+    /// conn.transaction::<_, diesel::result::Error, _>(|conn| {
+    ///     assert!(conn.in_transaction());
+    ///     Ok(())
+    /// })?;
+    /// conn.begin_test_transaction()?;
+    /// assert!(!conn.in_transaction()); // a test transaction is not a user one
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn in_transaction(&mut self) -> bool {
         // A broken connection has no transaction the wrapper could use, even
         // where the inner manager still counts one.

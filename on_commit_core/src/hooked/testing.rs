@@ -22,6 +22,28 @@ use crate::rules::queue::Entry;
 
 /// The `on_commit`-kind hooks captured by
 /// [`HookedConnection::capture_on_commit`], in the order they would have run.
+///
+/// ```
+/// use diesel::prelude::*;
+/// use diesel_on_commit::{Capture, HookedConnection};
+/// use std::sync::mpsc;
+///
+/// let mut conn = HookedConnection::new(SqliteConnection::establish(":memory:")?);
+/// let (tx, rx) = mpsc::channel();
+/// let ((), hooks) = conn.capture_on_commit(Capture::Collect, |conn| {
+///     conn.transaction::<_, diesel::result::Error, _>(|conn| {
+///         conn.on_commit(move || tx.send("email"));
+///         Ok(())
+///     })
+///     .unwrap();
+/// });
+/// assert_eq!(hooks.len(), 1);
+/// assert!(hooks.labels()[0].location().file().ends_with(".rs"));
+/// assert!(rx.try_recv().is_err()); // collected, not run
+/// hooks.run(&mut conn);
+/// assert_eq!(rx.try_recv(), Ok("email"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[must_use = "captured hooks do nothing unless inspected or run with `CapturedHooks::run`"]
 pub struct CapturedHooks<C: Connection> {
     labels: Vec<HookLabel>,
@@ -36,12 +58,41 @@ impl<C: Connection> CapturedHooks<C> {
     }
 
     /// Whether no hook was captured.
+    ///
+    /// ```
+    /// use diesel::prelude::*;
+    /// use diesel_on_commit::{Capture, HookedConnection};
+    ///
+    /// let mut conn = HookedConnection::new(SqliteConnection::establish(":memory:")?);
+    /// let ((), hooks) = conn.capture_on_commit(Capture::Collect, |conn| {
+    ///     let _ = conn.transaction::<(), _, _>(|conn| {
+    ///         conn.on_commit(|| println!("discarded by the rollback"));
+    ///         Err(diesel::result::Error::RollbackTransaction)
+    ///     });
+    /// });
+    /// assert!(hooks.is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
 
     /// The captured hooks' labels, in capture order; each displays as
     /// `file:line: text`.
+    ///
+    /// ```
+    /// use diesel::prelude::*;
+    /// use diesel_on_commit::{Capture, HookedConnection};
+    ///
+    /// let mut conn = HookedConnection::new(SqliteConnection::establish(":memory:")?);
+    /// let ((), hooks) = conn.capture_on_commit(Capture::Execute, |conn| {
+    ///     conn.on_commit(|| println!("sent")); // outside a transaction: runs at once
+    /// });
+    /// let line = line!() - 2;
+    /// assert_eq!(hooks.labels().len(), 1);
+    /// assert_eq!(hooks.labels()[0].location().line(), line);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn labels(&self) -> &[HookLabel] {
         &self.labels
     }

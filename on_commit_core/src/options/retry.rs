@@ -97,9 +97,62 @@ impl RetryPolicy {
 /// failure or deadlock from everything else.
 ///
 /// Implemented for [`diesel::result::Error`]; implement it for your own
-/// error type (`fn diesel_error(&self) -> Option<&Error> { match self { AppError::Db(e) => Some(e), _ => None } }`).
+/// error type:
+///
+/// ```
+/// use diesel::prelude::*;
+/// use diesel::result::Error;
+/// use diesel_on_commit::{HookedConnection, RetryPolicy, Retryable};
+///
+/// #[derive(Debug)]
+/// enum AppError {
+///     Db(Error),
+///     OutOfStock,
+/// }
+/// impl From<Error> for AppError {
+///     fn from(e: Error) -> Self {
+///         AppError::Db(e)
+///     }
+/// }
+/// impl std::fmt::Display for AppError {
+///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+///         match self {
+///             AppError::Db(e) => write!(f, "database: {e}"),
+///             AppError::OutOfStock => f.write_str("out of stock"),
+///         }
+///     }
+/// }
+/// impl Retryable for AppError {
+///     fn diesel_error(&self) -> Option<&Error> {
+///         match self {
+///             AppError::Db(e) => Some(e),
+///             _ => None,
+///         }
+///     }
+/// }
+///
+/// let mut conn = HookedConnection::new(SqliteConnection::establish(":memory:")?);
+/// let mut attempts = 0;
+/// let result = conn.transaction_with_retry(&RetryPolicy::attempts(3), |_conn| {
+///     attempts += 1;
+///     Err::<(), _>(AppError::OutOfStock) // not a Diesel error: not retried
+/// });
+/// assert!(matches!(result, Err(AppError::OutOfStock)));
+/// assert_eq!(attempts, 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub trait Retryable {
     /// The Diesel error this error carries, if any.
+    ///
+    /// ```
+    /// use diesel::result::Error;
+    /// use diesel_on_commit::Retryable;
+    ///
+    /// let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(Error::NotFound);
+    /// assert!(matches!(boxed.diesel_error(), Some(Error::NotFound)));
+    /// let other: Box<dyn std::error::Error + Send + Sync> = "not from Diesel".into();
+    /// assert!(other.diesel_error().is_none());
+    /// ```
     fn diesel_error(&self) -> Option<&Error>;
 }
 

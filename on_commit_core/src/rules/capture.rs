@@ -8,6 +8,27 @@ use crate::rules::queue::QueuedHook;
 
 /// How [`HookedConnection::capture_on_commit`](crate::HookedConnection::capture_on_commit) treats the `on_commit`-kind
 /// hooks that would run during its body.
+///
+/// ```
+/// use diesel::prelude::*;
+/// use diesel_on_commit::{Capture, HookedConnection};
+/// use std::sync::mpsc;
+///
+/// let mut conn = HookedConnection::new(SqliteConnection::establish(":memory:")?);
+/// let (tx, rx) = mpsc::channel();
+/// // Execute: the hooks run as usual, and their labels are recorded.
+/// let ((), hooks) = conn.capture_on_commit(Capture::Execute, |conn| {
+///     conn.transaction::<_, diesel::result::Error, _>(|conn| {
+///         conn.on_commit(move || tx.send("email"));
+///         Ok(())
+///     })
+///     .unwrap();
+/// });
+/// assert_eq!(rx.try_recv(), Ok("email")); // already ran
+/// assert_eq!(hooks.len(), 1);
+/// hooks.run(&mut conn); // nothing left to run
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Capture {
     /// Keep them without running them; [`CapturedHooks::run`](crate::CapturedHooks::run) runs them later.

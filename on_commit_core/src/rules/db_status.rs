@@ -71,6 +71,25 @@ pub(crate) fn is_innodb_deadlock(message: &str) -> bool {
 /// serialization failures and deadlocks on PostgreSQL (SQLSTATE 40001,
 /// 40P01) and MySQL (1213, 1205), `SQLITE_BUSY`/locked on SQLite; nothing
 /// else.
+///
+/// ```
+/// use diesel::result::{DatabaseErrorKind, Error};
+/// use diesel_on_commit::is_retryable;
+///
+/// let conflict = Error::DatabaseError(
+///     DatabaseErrorKind::SerializationFailure,
+///     Box::new("could not serialize access due to concurrent update".to_owned()),
+/// );
+/// assert!(is_retryable(&conflict));
+/// let busy = Error::DatabaseError(DatabaseErrorKind::Unknown, Box::new("database is locked".to_owned()));
+/// assert!(is_retryable(&busy));
+/// let duplicate = Error::DatabaseError(
+///     DatabaseErrorKind::UniqueViolation,
+///     Box::new("UNIQUE constraint failed: orders.id".to_owned()),
+/// );
+/// assert!(!is_retryable(&duplicate));
+/// assert!(!is_retryable(&Error::NotFound));
+/// ```
 pub fn is_retryable(error: &Error) -> bool {
     match error {
         Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => true,

@@ -20,6 +20,25 @@ use crate::rules::label::HookLabel;
 /// An `Err` is logged with `tracing` at ERROR, with the hook's label and the
 /// error formatted with `{:#}` (so `anyhow` chains show), and never stops the
 /// hooks after it.
+///
+/// ```
+/// use diesel::prelude::*;
+/// use diesel_on_commit::HookedConnection;
+/// use std::sync::mpsc;
+///
+/// let mut conn = HookedConnection::new(SqliteConnection::establish(":memory:")?);
+/// let (tx, rx) = mpsc::channel();
+/// conn.transaction::<_, diesel::result::Error, _>(|conn| {
+///     conn.on_commit(|| println!("returns ()"));
+///     // An Err is logged at ERROR with the hook's label ...
+///     conn.on_commit(|| Err::<(), _>("the mail server said no"));
+///     // ... and the hooks after it still run.
+///     conn.on_commit(move || tx.send("returns a Result"));
+///     Ok(())
+/// })?;
+/// assert_eq!(rx.try_recv(), Ok("returns a Result"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[diagnostic::on_unimplemented(
     message = "a transaction hook must return `()` or a `Result<T, E>` with `E: Display`, not `{Self}`",
     label = "this hook returns `{Self}`",
