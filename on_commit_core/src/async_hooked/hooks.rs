@@ -237,6 +237,9 @@ impl<'a, C: AsyncConnection> HookRun<'a, C> {
     /// at `d == 0` by a running hook) run right after the hook that
     /// registered them. Returns the first panic and the spent buffer.
     pub(crate) async fn run(mut self) -> (FirstPanic, Vec<Entry<AsyncHook<C>>>) {
+        if let Some(spent) = self.run_if_all_sync() {
+            return self.finish(spent);
+        }
         loop {
             if self.commit && !self.conn.state.later().next.is_empty() {
                 let next = std::mem::take(&mut self.conn.state.later().next);
@@ -291,8 +294,16 @@ impl<'a, C: AsyncConnection> HookRun<'a, C> {
                 }
             }
         }
-        self.done = true;
         let spent = Vec::from(std::mem::take(&mut self.pending));
+        self.finish(spent)
+    }
+
+    /// Every hook ran: the first panic, and the spent buffer.
+    fn finish(
+        &mut self,
+        spent: Vec<Entry<AsyncHook<C>>>,
+    ) -> (FirstPanic, Vec<Entry<AsyncHook<C>>>) {
+        self.done = true;
         if self.commit {
             self.conn.state.later().next = std::mem::take(&mut self.outer_next);
         }
@@ -300,6 +311,76 @@ impl<'a, C: AsyncConnection> HookRun<'a, C> {
             std::mem::replace(&mut self.panics, FirstPanic::new()),
             spent,
         )
+    }
+}
+
+impl<C: AsyncConnection> HookRun<'_, C> {
+    /// The common batch: every hook is one this run handles without the
+    /// connection or an await (`on_commit` / `on_commit_robust` after
+    /// COMMIT with no capture open, `on_rollback` after a rollback; hooks
+    /// of the other kind are dropped). They run here in a plain loop over
+    /// the drained batch, as the sync wrapper runs its hooks, with no
+    /// per-hook future state; otherwise [`run`](Self::run)'s general loop
+    /// runs them all. None of these hooks can reach the connection, so
+    /// neither the capture nor `later().next` changes meanwhile.
+    #[inline]
+    fn run_if_all_sync(&mut self) -> Option<Vec<Entry<AsyncHook<C>>>> {
+        let commit = self.commit;
+        if commit && self.conn.state.capturing() {
+            return None;
+        }
+        let (batch, more) = self.pending.as_slices();
+        // Written out for each kind: with `commit` tested inside the
+        // closure, the test stayed in the loop (~9 instructions per hook).
+        let all_sync = if commit {
+            batch.iter().all(|e| {
+                !matches!(
+                    e.hook,
+                    AsyncHook::Commit(
+                        AsyncCommitHook::Future(_)
+                            | AsyncCommitHook::With(_)
+                            | AsyncCommitHook::WithSync(_)
+                    )
+                )
+            })
+        } else {
+            batch
+                .iter()
+                .all(|e| !matches!(e.hook, AsyncHook::RollbackFuture(_)))
+        };
+        if !more.is_empty() || !all_sync {
+            return None;
+        }
+        let mut batch = Vec::from(std::mem::take(&mut self.pending));
+        run_sync_batch(&mut batch, commit, &mut self.panics);
+        Some(batch)
+    }
+}
+
+/// [`HookRun::run_if_all_sync`]'s loop: runs the sync hooks of `batch` of
+/// this run's kind, drops the others, and leaves `batch` empty.
+#[inline(never)]
+fn run_sync_batch<C: AsyncConnection>(
+    batch: &mut Vec<Entry<AsyncHook<C>>>,
+    commit: bool,
+    panics: &mut FirstPanic,
+) {
+    if commit {
+        for Entry { label, hook } in batch.drain(..) {
+            match hook {
+                AsyncHook::Commit(AsyncCommitHook::Plain(f)) => {
+                    failures::run_plain(f, &label, panics)
+                }
+                AsyncHook::Commit(AsyncCommitHook::Robust(f)) => failures::run_robust(f, &label),
+                _ => {} // not an on_commit-kind hook, or spent
+            }
+        }
+    } else {
+        for Entry { label, hook } in batch.drain(..) {
+            if let AsyncHook::Rollback(f) = hook {
+                failures::run_plain(f, &label, panics);
+            }
+        }
     }
 }
 
