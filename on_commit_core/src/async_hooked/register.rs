@@ -23,6 +23,7 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     /// [`HookedConnection::on_commit`](crate::HookedConnection::on_commit).
     /// It runs in one registration order with the async hooks.
     #[track_caller]
+    #[inline(always)]
     pub fn on_commit<F, R>(&mut self, f: F)
     where
         F: FnOnce() -> R + Send + 'static,
@@ -35,6 +36,7 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     /// As [`on_commit`](Self::on_commit), but a panic in `f` is caught,
     /// logged at ERROR with the hook's label, and never resumed.
     #[track_caller]
+    #[inline(always)]
     pub fn on_commit_robust<F, R>(&mut self, f: F)
     where
         F: FnOnce() -> R + Send + 'static,
@@ -60,6 +62,7 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     /// at ERROR as not run); inside a running hook it runs right after that
     /// hook.
     #[track_caller]
+    #[inline(always)]
     pub fn on_commit_async<Fut, R>(&mut self, future: Fut)
     where
         Fut: Future<Output = R> + Send + 'static,
@@ -93,6 +96,7 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     /// It is awaited in one registration order with `on_rollback_async`
     /// hooks, before the rolling-back call returns.
     #[track_caller]
+    #[inline(always)]
     pub fn on_rollback<F, R>(&mut self, f: F)
     where
         F: FnOnce() -> R + Send + 'static,
@@ -105,6 +109,7 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     /// Registers a future to be awaited after the level it was registered
     /// in, or an enclosing one, rolled back.
     #[track_caller]
+    #[inline(always)]
     pub fn on_rollback_async<Fut, R>(&mut self, future: Fut)
     where
         Fut: Future<Output = R> + Send + 'static,
@@ -139,8 +144,21 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     }
 
     /// Queues `hook` at the current level, or applies rule 2 at `d == 0`.
-    #[inline]
+    /// Inlined into each registering call: when the levels were checked
+    /// and nothing reached the inner connection since (hooks registered in
+    /// a row), two flag tests and the push; else [`register_slow`](Self::register_slow).
+    #[inline(always)]
     pub(crate) fn register(&mut self, label: HookLabel, hook: AsyncHook<C>) {
+        if let Some(level) = self.state.checked_open_level() {
+            self.state.queue_at(level, Entry { label, hook });
+        } else {
+            self.register_slow(label, hook);
+        }
+    }
+
+    /// [`register`](Self::register) with the depth check (rules 1, 2, 8, 9).
+    #[inline(never)]
+    fn register_slow(&mut self, label: HookLabel, hook: AsyncHook<C>) {
         let check = self.check_levels();
         if let Some(level) = self.state.open_level(check) {
             self.state.queue_at(level, Entry { label, hook });
@@ -230,6 +248,7 @@ impl<C: AsyncConnection> TransactionHooks for AsyncHookedConnection<C> {
     }
 
     #[track_caller]
+    #[inline(always)]
     fn __on_commit_labeled<F, R>(&mut self, text: &'static str, f: F)
     where
         F: FnOnce() -> R + Send + 'static,
@@ -240,6 +259,7 @@ impl<C: AsyncConnection> TransactionHooks for AsyncHookedConnection<C> {
     }
 
     #[track_caller]
+    #[inline(always)]
     fn __on_commit_robust_labeled<F, R>(&mut self, text: &'static str, f: F)
     where
         F: FnOnce() -> R + Send + 'static,
@@ -269,6 +289,7 @@ impl<C: AsyncConnection> TransactionHooks for AsyncHookedConnection<C> {
 #[diagnostic::do_not_recommend]
 impl<C: AsyncConnection> AsyncTransactionHooks for AsyncHookedConnection<C> {
     #[track_caller]
+    #[inline(always)]
     fn __on_commit_async_labeled<Fut, R>(&mut self, text: &'static str, future: Fut)
     where
         Fut: Future<Output = R> + Send + 'static,
