@@ -21,6 +21,17 @@ use crate::rules::failures::FirstPanic;
 use crate::rules::levels::{Counter, DepthCheck, Raised};
 use crate::transaction_hooks::AsyncHookFn;
 
+/// `conn.run_due().await`, with the emptiness test written out at the
+/// call site: a step with nothing due (the common case) neither builds nor
+/// polls a `run_due` future (~29 instructions per call site otherwise).
+macro_rules! run_due {
+    ($conn:expr) => {
+        if $conn.has_due() {
+            $conn.run_due_now().await;
+        }
+    };
+}
+
 /// The transaction manager of [`AsyncHookedConnection<C>`]: `C`'s own
 /// manager plus the hook rules. You do not use it directly;
 /// `transaction()`, `begin_test_transaction()` and pools call it.
@@ -129,12 +140,19 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     }
 
     /// Awaits the hooks that became due (the `on_rollback` hooks of levels
-    /// that rolled back), in registration order.
+    /// that rolled back), in registration order. (The manager's own steps
+    /// use `run_due!`, which builds no future when nothing is due.)
     #[inline]
     pub(crate) async fn run_due(&mut self) {
-        if !self.state.later().due.is_empty() {
+        if self.has_due() {
             self.run_due_now().await;
         }
+    }
+
+    /// Whether hooks are due (see [`run_due`](Self::run_due)).
+    #[inline]
+    pub(crate) fn has_due(&mut self) -> bool {
+        !self.state.later().due.is_empty()
     }
 
     #[cold]
@@ -205,21 +223,21 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
                 // The level is already gone: the database rolled it back
                 // after a failed statement the body swallowed, or it was
                 // closed behind our back.
-                conn.run_due().await;
+                run_due!(conn);
                 Err(conn.state.take_level_gone_error().into())
             }
             Ok(Ok(value)) => match Self::commit(conn).await {
                 Ok(()) => Ok(value),
                 Err(commit_error) => {
                     let _ = Self::roll_back_level(conn, level).await;
-                    conn.run_due().await;
+                    run_due!(conn);
                     Err(commit_error.into())
                 }
             },
             Ok(Err(user_error)) => {
                 let rolled_back = Self::roll_back_level(conn, level).await;
                 // Also when the level was gone already (a broken connection).
-                conn.run_due().await;
+                run_due!(conn);
                 match rolled_back {
                     Ok(()) | Err(Error::BrokenTransactionManager) => Err(user_error),
                     // The server had rolled everything back (a deadlock):
@@ -233,7 +251,7 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
                 if let Err(e) = Self::roll_back_level(&mut *unwinding, level).await {
                     tracing::error!("rollback after a panic in the transaction body failed: {e}");
                 }
-                unwinding.run_due().await;
+                run_due!(unwinding);
                 drop(unwinding);
                 guard.armed = false;
                 panic::resume_unwind(payload)
@@ -247,7 +265,7 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
     /// succeeded.
     async fn begin(conn: &mut AsyncHookedConnection<C>) -> QueryResult<()> {
         conn.check_levels();
-        conn.run_due().await;
+        run_due!(conn);
         conn.state.touched();
         let mut step = InFlight::new(conn, 0, "the future of a BEGIN was dropped while it ran");
         let result = Inner::<C>::begin_transaction(&mut step.conn.inner).await;
@@ -280,7 +298,7 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
                     let level = conn.state.levels();
                     let mut unwinding = Raised::new(conn, Counter::Unwinding);
                     let _ = Self::roll_back_level(&mut *unwinding, level).await;
-                    unwinding.run_due().await;
+                    run_due!(unwinding);
                     drop(unwinding);
                     panic::resume_unwind(payload);
                 }
@@ -315,7 +333,7 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
     /// way). A level the wrapper did not open is only delegated.
     async fn rollback(conn: &mut AsyncHookedConnection<C>) -> QueryResult<()> {
         if conn.check_levels() != DepthCheck::Matches || conn.state.levels() == 0 {
-            conn.run_due().await;
+            run_due!(conn);
             conn.state.touched();
             return Inner::<C>::rollback_transaction(&mut conn.inner).await;
         }
@@ -329,7 +347,7 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
         conn.state.observe_step(&result);
         let status = Inner::<C>::transaction_manager_status_mut(&mut conn.inner);
         conn.state.after_rollback(level, before, status);
-        conn.run_due().await;
+        run_due!(conn);
         result
     }
 
@@ -341,7 +359,7 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
             DepthCheck::Broken => {
                 // Its hooks were handled as a rollback (rule 9): nothing may
                 // commit now. Roll back as far as the connection allows.
-                conn.run_due().await;
+                run_due!(conn);
                 conn.state.touched();
                 return Err(Inner::<C>::rollback_transaction(&mut conn.inner)
                     .await
@@ -349,18 +367,18 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
                     .unwrap_or(Error::BrokenTransactionManager));
             }
             _ => {
-                conn.run_due().await;
+                run_due!(conn);
                 conn.state.touched();
                 return Inner::<C>::commit_transaction(&mut conn.inner).await;
             }
         }
-        conn.run_due().await;
+        run_due!(conn);
         let level = conn.state.levels();
         if level == 1 {
             Self::run_before_commit(conn).await?;
             if conn.state.levels() != 1 || conn.check_levels() != DepthCheck::Matches {
                 // A before_commit hook closed the transaction itself.
-                conn.run_due().await;
+                run_due!(conn);
                 return Err(Error::NotInTransaction);
             }
         }
@@ -395,7 +413,7 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
         {
             conn.fire_commit_hooks().await;
         } else {
-            conn.run_due().await;
+            run_due!(conn);
         }
         result
     }
