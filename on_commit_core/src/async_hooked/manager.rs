@@ -266,13 +266,14 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
     async fn begin(conn: &mut AsyncHookedConnection<C>) -> QueryResult<()> {
         conn.check_levels();
         run_due!(conn);
+        let was_checked = conn.state.is_checked();
         conn.state.touched();
         let mut step = InFlight::new(conn, 0, "the future of a BEGIN was dropped while it ran");
         let result = Inner::<C>::begin_transaction(&mut step.conn.inner).await;
         step.armed = false;
         step.conn.state.observe_step(&result);
         result?;
-        step.conn.state.began();
+        step.conn.state.began_checked(was_checked);
         Ok(())
     }
 

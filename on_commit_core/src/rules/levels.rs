@@ -246,6 +246,28 @@ impl<H: QueuedHook> HookState<H> {
             .saturating_sub(u32::from(self.baseline))
     }
 
+    /// Whether the levels were checked against the inner connection and
+    /// nothing reached it since (see [`Freshness`]).
+    #[cfg(feature = "async")]
+    #[inline]
+    pub(crate) fn is_checked(&self) -> bool {
+        self.freshness == Freshness::Checked && !self.lost
+    }
+
+    /// The wrapper's own BEGIN (or SAVEPOINT) succeeded, and the levels had
+    /// been checked right before it (`was_checked`, from
+    /// [`is_checked`](Self::is_checked) before the step touched the inner
+    /// connection): the inner depth went up by one with the levels, so they
+    /// are still checked and the next registration skips the depth read.
+    #[cfg(feature = "async")]
+    #[inline]
+    pub(crate) fn began_checked(&mut self, was_checked: bool) {
+        self.began();
+        if was_checked {
+            self.freshness = Freshness::Checked;
+        }
+    }
+
     /// A level was opened on the inner connection.
     pub(crate) fn began(&mut self) {
         self.levels += 1;
