@@ -17,6 +17,7 @@ use diesel_async::{AsyncConnection, TransactionManager};
 use crate::async_hooked::connection::{AsyncHookedConnection, Inner};
 use crate::async_hooked::hooks::{AsyncHook, CatchUnwind, HookRun};
 use crate::async_hooked::later::Orphan;
+use crate::rules::db_status::depth_of;
 use crate::rules::failures::FirstPanic;
 use crate::rules::levels::{Counter, DepthCheck, Raised};
 use crate::transaction_hooks::AsyncHookFn;
@@ -384,10 +385,9 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
             }
         }
         let every_error_aborts = conn.state.later().every_error_aborts;
-        if conn.state.aborted(
-            Inner::<C>::transaction_manager_status_mut(&mut conn.inner),
-            every_error_aborts,
-        ) {
+        // One status read for rule 5.3 and the depth before COMMIT.
+        let status = Inner::<C>::transaction_manager_status_mut(&mut conn.inner);
+        if conn.state.aborted(status, every_error_aborts) {
             // Rule 5.3: roll back and return the error that aborted it.
             let error = conn.state.take_abort_error();
             tracing::debug!(
@@ -396,7 +396,7 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
             let _ = Self::roll_back_level(conn, conn.state.levels()).await;
             return Err(error);
         }
-        let before = conn.depth();
+        let before = depth_of(status).unwrap_or(0);
         conn.state.touched();
         let mut step = InFlight::new(
             conn,
