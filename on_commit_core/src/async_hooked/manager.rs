@@ -340,7 +340,8 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
             return Inner::<C>::rollback_transaction(&mut conn.inner).await;
         }
         let level = conn.state.levels();
-        let before = conn.depth();
+        // Just checked: the inner depth is what the levels stand for.
+        let before = conn.state.expected_depth();
         conn.state.touched();
         let mut step = InFlight::new(conn, 0, "the future of a ROLLBACK was dropped while it ran");
         let result = Inner::<C>::rollback_transaction(&mut step.conn.inner).await;

@@ -238,6 +238,14 @@ impl<H: QueuedHook> HookState<H> {
         }
     }
 
+    /// The inner depth the levels stand for: what the inner connection's
+    /// depth is right after a check that returned [`DepthCheck::Matches`].
+    #[cfg(feature = "async")]
+    #[inline]
+    pub(crate) fn expected_depth(&self) -> u32 {
+        u32::from(self.baseline) + self.levels
+    }
+
     /// User depth `d`: the inner depth minus the test-transaction baseline.
     #[inline]
     pub(crate) fn user_depth(&self, status: &TransactionManagerStatus) -> u32 {
