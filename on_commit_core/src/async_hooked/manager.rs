@@ -170,7 +170,7 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     /// The outermost COMMIT succeeded (rule 5.4): the `on_commit`-kind hooks
     /// are awaited in registration order, at `d == 0`.
     async fn fire_commit_hooks(&mut self) {
-        let Some(hooks) = self.state.committed() else {
+        let Some(hooks) = self.state.committed_async() else {
             return; // no hook: nothing to run, nothing allocated
         };
         let fired = hooks.len();
