@@ -16,7 +16,7 @@ use diesel_async::{AsyncConnection, TransactionManager};
 
 use crate::async_hooked::connection::{AsyncHookedConnection, Inner};
 use crate::async_hooked::hooks::{AsyncHook, CatchUnwind, HookRun};
-use crate::async_hooked::later::Orphan;
+use crate::async_hooked::later::{orphaned, Orphan};
 use crate::rules::db_status::depth_of;
 use crate::rules::failures::FirstPanic;
 use crate::rules::levels::{Counter, DepthCheck, Raised};
@@ -103,22 +103,36 @@ impl<'a, C: AsyncConnection> InFlight<'a, C> {
 }
 
 impl<C: AsyncConnection> Drop for InFlight<'_, C> {
+    #[inline]
     fn drop(&mut self) {
         if self.armed && self.conn.state.levels() >= self.level {
             self.abandon();
         }
-        let conn = &mut *self.conn;
-        if conn.state.later().live == 1 && !conn.state.later().due.is_empty() {
-            // No enclosing future is left to await them.
-            let later = conn.state.later();
-            let due = std::mem::take(&mut later.due);
-            later.orphans.extend(due.into_iter().map(|e| Orphan {
-                label: e.label,
-                hook: e.hook,
-                why: ABANDONED,
-            }));
+        let later = self.conn.state.later();
+        later.live -= 1;
+        if later.live == 0 && !(later.due.is_empty() && later.orphans.is_empty()) {
+            self.conn.last_guard_left();
         }
-        conn.leave_guard();
+    }
+}
+
+impl<C: AsyncConnection> AsyncHookedConnection<C> {
+    /// The outermost guard of a future in flight went away with hooks left
+    /// due (no enclosing future is left to await them) or orphaned: they
+    /// go to one task, in order (or to the log).
+    #[cold]
+    #[inline(never)]
+    fn last_guard_left(&mut self) {
+        let later = self.state.later();
+        let due = std::mem::take(&mut later.due);
+        later.orphans.extend(due.into_iter().map(|e| Orphan {
+            label: e.label,
+            hook: e.hook,
+            why: ABANDONED,
+        }));
+        if !later.orphans.is_empty() {
+            orphaned(std::mem::take(&mut later.orphans));
+        }
     }
 }
 
