@@ -19,7 +19,7 @@ use crate::async_hooked::connection::AsyncHookedConnection;
 use crate::async_hooked::later::{AsyncLater, Orphan};
 use crate::rules::failures::{self, FirstPanic, HookResult, PlainFn};
 use crate::rules::label::HookLabel;
-use crate::rules::levels::{Counter, HasHookState, HookState};
+use crate::rules::levels::{Counter, HasHookState, HookState, Raised};
 use crate::rules::queue::{Entry, QueuedHook};
 use crate::transaction_hooks::AsyncHookFn;
 
@@ -237,9 +237,6 @@ impl<'a, C: AsyncConnection> HookRun<'a, C> {
     /// at `d == 0` by a running hook) run right after the hook that
     /// registered them. Returns the first panic and the spent buffer.
     pub(crate) async fn run(mut self) -> (FirstPanic, Vec<Entry<AsyncHook<C>>>) {
-        if let Some(spent) = self.run_if_all_sync() {
-            return self.finish(spent);
-        }
         loop {
             if self.commit && !self.conn.state.later().next.is_empty() {
                 let next = std::mem::take(&mut self.conn.state.later().next);
@@ -314,50 +311,58 @@ impl<'a, C: AsyncConnection> HookRun<'a, C> {
     }
 }
 
-impl<C: AsyncConnection> HookRun<'_, C> {
-    /// The common batch: every hook is one this run handles without the
-    /// connection or an await (`on_commit` / `on_commit_robust` after
-    /// COMMIT with no capture open, `on_rollback` after a rollback; hooks
-    /// of the other kind are dropped). They run here in a plain loop over
-    /// the drained batch, as the sync wrapper runs its hooks, with no
-    /// per-hook future state; otherwise [`run`](Self::run)'s general loop
-    /// runs them all. None of these hooks can reach the connection, so
-    /// neither the capture nor `later().next` changes meanwhile.
+impl<C: AsyncConnection> AsyncHookedConnection<C> {
+    /// The common batch: every hook is one a run of this kind (`commit`:
+    /// after COMMIT, else after a rollback) handles without the connection
+    /// or an await (`on_commit` / `on_commit_robust` after COMMIT with no
+    /// capture open, `on_rollback` after a rollback; hooks of the other kind
+    /// are dropped). Then they run here, in a plain loop over the drained
+    /// batch as the sync wrapper runs its hooks, with no [`HookRun`] and no
+    /// future, and the first panic is returned (`hooks` is left empty);
+    /// otherwise `None`, `hooks` untouched, for a `HookRun`. None of these
+    /// hooks can reach the connection (no registration, no capture, no
+    /// `later().next`), and nothing here awaits (no cancellation).
     #[inline]
-    fn run_if_all_sync(&mut self) -> Option<Vec<Entry<AsyncHook<C>>>> {
-        let commit = self.commit;
-        if commit && self.conn.state.capturing() {
-            return None;
-        }
-        let (batch, more) = self.pending.as_slices();
+    pub(crate) fn try_run_sync(
+        &mut self,
+        hooks: &mut Vec<Entry<AsyncHook<C>>>,
+        commit: bool,
+    ) -> Option<FirstPanic> {
         // Written out for each kind: with `commit` tested inside the
         // closure, the test stayed in the loop (~9 instructions per hook).
         let all_sync = if commit {
-            batch.iter().all(|e| {
-                !matches!(
-                    e.hook,
-                    AsyncHook::Commit(
-                        AsyncCommitHook::Future(_)
-                            | AsyncCommitHook::With(_)
-                            | AsyncCommitHook::WithSync(_)
+            !self.state.capturing()
+                && hooks.iter().all(|e| {
+                    !matches!(
+                        e.hook,
+                        AsyncHook::Commit(
+                            AsyncCommitHook::Future(_)
+                                | AsyncCommitHook::With(_)
+                                | AsyncCommitHook::WithSync(_)
+                        )
                     )
-                )
-            })
+                })
         } else {
-            batch
+            hooks
                 .iter()
                 .all(|e| !matches!(e.hook, AsyncHook::RollbackFuture(_)))
         };
-        if !more.is_empty() || !all_sync {
+        if !all_sync {
             return None;
         }
-        let mut batch = Vec::from(std::mem::take(&mut self.pending));
-        run_sync_batch(&mut batch, commit, &mut self.panics);
-        Some(batch)
+        let mut panics = FirstPanic::new();
+        if commit {
+            // As a `HookRun` of commit hooks would (rule 2's exemption).
+            let _running = Raised::new(self, Counter::CommitHooksRunning);
+            run_sync_batch(hooks, true, &mut panics);
+        } else {
+            run_sync_batch(hooks, false, &mut panics);
+        }
+        Some(panics)
     }
 }
 
-/// [`HookRun::run_if_all_sync`]'s loop: runs the sync hooks of `batch` of
+/// [`AsyncHookedConnection::try_run_sync`]'s loop: runs the sync hooks of `batch` of
 /// this run's kind, drops the others, and leaves `batch` empty.
 #[inline(never)]
 fn run_sync_batch<C: AsyncConnection>(

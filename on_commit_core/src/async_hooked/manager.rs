@@ -172,25 +172,36 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
 
     #[cold]
     async fn run_due_now(&mut self) {
-        let due = std::mem::take(&mut self.state.later().due);
+        let mut due = std::mem::take(&mut self.state.later().due);
         let policy = self.state.hook_panics();
         let never_resume = self.state.unwinding();
-        let (panics, _) = HookRun::new(self, due, false, DROPPED_AFTER_ROLLBACK)
-            .run()
-            .await;
+        let panics = match self.try_run_sync(&mut due, false) {
+            Some(panics) => panics,
+            None => {
+                HookRun::new(self, due, false, DROPPED_AFTER_ROLLBACK)
+                    .run()
+                    .await
+                    .0
+            }
+        };
         panics.finish(policy, never_resume, "after a rollback");
     }
 
     /// The outermost COMMIT succeeded (rule 5.4): the `on_commit`-kind hooks
     /// are awaited in registration order, at `d == 0`.
     async fn fire_commit_hooks(&mut self) {
-        let Some(hooks) = self.state.committed_async() else {
+        let Some(mut hooks) = self.state.committed_async() else {
             return; // no hook: nothing to run, nothing allocated
         };
         let fired = hooks.len();
-        let (panics, spent) = HookRun::new(self, hooks, true, DROPPED_AFTER_COMMIT)
-            .run()
-            .await;
+        let (panics, spent) = match self.try_run_sync(&mut hooks, true) {
+            Some(panics) => (panics, hooks),
+            None => {
+                HookRun::new(self, hooks, true, DROPPED_AFTER_COMMIT)
+                    .run()
+                    .await
+            }
+        };
         self.state.recycle(spent, fired);
         panics.finish(
             self.state.hook_panics(),
@@ -202,8 +213,11 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     /// Runs a batch of `on_commit`-kind hooks at `d == 0` (a capture's).
     pub(crate) async fn run_commit_hooks(
         &mut self,
-        hooks: Vec<crate::rules::queue::Entry<AsyncHook<C>>>,
+        mut hooks: Vec<crate::rules::queue::Entry<AsyncHook<C>>>,
     ) -> FirstPanic {
+        if let Some(panics) = self.try_run_sync(&mut hooks, true) {
+            return panics;
+        }
         let (panics, _) = HookRun::new(self, hooks, true, DROPPED_AFTER_COMMIT)
             .run()
             .await;
