@@ -405,7 +405,7 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
         }
         run_due!(conn);
         let level = conn.state.levels();
-        if level == 1 {
+        if level == 1 && conn.state.has_before_commit() {
             Self::run_before_commit(conn).await?;
             if conn.state.levels() != 1 || conn.check_levels() != DepthCheck::Matches {
                 // A before_commit hook closed the transaction itself.

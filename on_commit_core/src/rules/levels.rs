@@ -494,6 +494,15 @@ impl<H: QueuedHook> HookState<H> {
         self.queue.recycle(spent, fired);
     }
 
+    /// Whether a `before_commit` hook is queued (rule 5.1): without one, the
+    /// async wrapper's commit skips its `before_commit` step (and its
+    /// future) altogether.
+    #[cfg(feature = "async")]
+    #[inline]
+    pub(crate) fn has_before_commit(&self) -> bool {
+        self.queue.has_before_commit()
+    }
+
     /// The next `before_commit` hook of the open transaction, in
     /// registration order from `cursor` (rule 5.1); hooks that the ones run
     /// so far registered are included.
