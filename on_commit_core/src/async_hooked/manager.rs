@@ -378,6 +378,7 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
         conn.state.observe_step(&result);
         let status = Inner::<C>::transaction_manager_status_mut(&mut conn.inner);
         conn.state.after_rollback(level, before, status);
+        conn.state.checked_if_matches(status);
         run_due!(conn);
         result
     }
@@ -437,10 +438,11 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
         let conn = &mut *step.conn;
         conn.state.observe_step(&result);
         let status = Inner::<C>::transaction_manager_status_mut(&mut conn.inner);
-        if conn
+        let committed = conn
             .state
-            .after_commit(level, before, result.is_ok(), status)
-        {
+            .after_commit(level, before, result.is_ok(), status);
+        conn.state.checked_if_matches(status);
+        if committed {
             conn.fire_commit_hooks().await;
         } else {
             run_due!(conn);

@@ -281,6 +281,23 @@ impl<H: QueuedHook> HookState<H> {
         }
     }
 
+    /// Right after a step of the wrapper's own (COMMIT, RELEASE, ROLLBACK)
+    /// and its bookkeeping, with the inner status at hand: when the inner
+    /// depth is the one the levels stand for, they are checked, as the next
+    /// [`check_levels`](Self::check_levels) would find without this (it
+    /// would read the status again). Only `check_depth`'s fast path: a
+    /// mismatch is left to that next check, as before.
+    #[cfg(feature = "async")]
+    #[inline]
+    pub(crate) fn checked_if_matches(&mut self, status: &TransactionManagerStatus) {
+        if !self.lost
+            && self.freshness != Freshness::Failed
+            && depth_of(status) == Some(self.expected_depth())
+        {
+            self.freshness = Freshness::Checked;
+        }
+    }
+
     /// A level was opened on the inner connection.
     pub(crate) fn began(&mut self) {
         self.levels += 1;
