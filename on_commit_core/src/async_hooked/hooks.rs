@@ -152,7 +152,7 @@ where
     Fut: Future<Output = R> + Send + 'static,
     R: HookResult + 'static,
 {
-    Box::pin(async move { future.await.__report(&label) })
+    R::__box_future(future, label)
 }
 
 /// Boxes an async closure given the connection.
