@@ -237,13 +237,9 @@ impl<'a, C: AsyncConnection> HookRun<'a, C> {
     /// at `d == 0` by a running hook) run right after the hook that
     /// registered them. Returns the first panic and the spent buffer.
     pub(crate) async fn run(mut self) -> (FirstPanic, Vec<Entry<AsyncHook<C>>>) {
+        // `later().next` is empty here (`new` took it): only a hook given
+        // the connection can fill it, so it is looked at after those.
         loop {
-            if self.commit && !self.conn.state.later().next.is_empty() {
-                let next = std::mem::take(&mut self.conn.state.later().next);
-                for entry in next.into_iter().rev() {
-                    self.pending.push_front(entry);
-                }
-            }
             let Some(Entry { label, hook }) = self.pending.pop_front() else {
                 break;
             };
@@ -272,6 +268,7 @@ impl<'a, C: AsyncConnection> HookRun<'a, C> {
                     {
                         self.panics.record(label, payload);
                     }
+                    self.take_next();
                 }
                 AsyncCommitHook::Future(f) => {
                     let (_, future) = self.current.insert((label, f));
@@ -288,11 +285,24 @@ impl<'a, C: AsyncConnection> HookRun<'a, C> {
                     if let Err(payload) = outcome {
                         self.panics.record(label, payload);
                     }
+                    self.take_next();
                 }
             }
         }
         let spent = Vec::from(std::mem::take(&mut self.pending));
         self.finish(spent)
+    }
+
+    /// Async hooks that the hook just run registered at `d == 0` (given the
+    /// connection) run next, before the rest, depth first.
+    #[inline]
+    fn take_next(&mut self) {
+        if self.commit && !self.conn.state.later().next.is_empty() {
+            let next = std::mem::take(&mut self.conn.state.later().next);
+            for entry in next.into_iter().rev() {
+                self.pending.push_front(entry);
+            }
+        }
     }
 
     /// Every hook ran: the first panic, and the spent buffer.
