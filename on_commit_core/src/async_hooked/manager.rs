@@ -440,7 +440,7 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
         let status = Inner::<C>::transaction_manager_status_mut(&mut conn.inner);
         let committed = conn
             .state
-            .after_commit(level, before, result.is_ok(), status);
+            .after_commit_inline(level, before, result.is_ok(), status);
         conn.state.checked_if_matches(status);
         if committed {
             conn.fire_commit_hooks().await;
