@@ -22,7 +22,6 @@ use diesel_async::{
 use crate::async_hooked::hooks::AsyncHook;
 use crate::async_hooked::later::AsyncLater;
 use crate::async_hooked::manager::AsyncHookedTransactionManager;
-use crate::rules::db_status::depth_of;
 use crate::rules::failures::HookPanics;
 use crate::rules::levels::{DepthCheck, HookState};
 use crate::rules::placement::OutsideTransaction;
@@ -296,11 +295,6 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     pub(crate) fn user_depth(&mut self) -> u32 {
         self.state
             .user_depth(Inner::<C>::transaction_manager_status_mut(&mut self.inner))
-    }
-
-    /// The inner connection's depth, a test transaction included.
-    pub(crate) fn depth(&mut self) -> u32 {
-        depth_of(self.inner_status()).unwrap_or(0)
     }
 }
 

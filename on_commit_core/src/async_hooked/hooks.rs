@@ -19,7 +19,7 @@ use crate::async_hooked::connection::AsyncHookedConnection;
 use crate::async_hooked::later::{AsyncLater, Orphan};
 use crate::rules::failures::{self, FirstPanic, HookResult, PlainFn};
 use crate::rules::label::HookLabel;
-use crate::rules::levels::{Counter, HasHookState, HookState};
+use crate::rules::levels::{Counter, HasHookState, HookState, Raised};
 use crate::rules::queue::{Entry, QueuedHook};
 use crate::transaction_hooks::AsyncHookFn;
 
@@ -152,7 +152,7 @@ where
     Fut: Future<Output = R> + Send + 'static,
     R: HookResult + 'static,
 {
-    Box::pin(async move { future.await.__report(&label) })
+    R::__box_future(future, label)
 }
 
 /// Boxes an async closure given the connection.
@@ -237,13 +237,9 @@ impl<'a, C: AsyncConnection> HookRun<'a, C> {
     /// at `d == 0` by a running hook) run right after the hook that
     /// registered them. Returns the first panic and the spent buffer.
     pub(crate) async fn run(mut self) -> (FirstPanic, Vec<Entry<AsyncHook<C>>>) {
+        // `later().next` is empty here (`new` took it): only a hook given
+        // the connection can fill it, so it is looked at after those.
         loop {
-            if self.commit && !self.conn.state.later().next.is_empty() {
-                let next = std::mem::take(&mut self.conn.state.later().next);
-                for entry in next.into_iter().rev() {
-                    self.pending.push_front(entry);
-                }
-            }
             let Some(Entry { label, hook }) = self.pending.pop_front() else {
                 break;
             };
@@ -272,6 +268,7 @@ impl<'a, C: AsyncConnection> HookRun<'a, C> {
                     {
                         self.panics.record(label, payload);
                     }
+                    self.take_next();
                 }
                 AsyncCommitHook::Future(f) => {
                     let (_, future) = self.current.insert((label, f));
@@ -288,11 +285,32 @@ impl<'a, C: AsyncConnection> HookRun<'a, C> {
                     if let Err(payload) = outcome {
                         self.panics.record(label, payload);
                     }
+                    self.take_next();
                 }
             }
         }
-        self.done = true;
         let spent = Vec::from(std::mem::take(&mut self.pending));
+        self.finish(spent)
+    }
+
+    /// Async hooks that the hook just run registered at `d == 0` (given the
+    /// connection) run next, before the rest, depth first.
+    #[inline]
+    fn take_next(&mut self) {
+        if self.commit && !self.conn.state.later().next.is_empty() {
+            let next = std::mem::take(&mut self.conn.state.later().next);
+            for entry in next.into_iter().rev() {
+                self.pending.push_front(entry);
+            }
+        }
+    }
+
+    /// Every hook ran: the first panic, and the spent buffer.
+    fn finish(
+        &mut self,
+        spent: Vec<Entry<AsyncHook<C>>>,
+    ) -> (FirstPanic, Vec<Entry<AsyncHook<C>>>) {
+        self.done = true;
         if self.commit {
             self.conn.state.later().next = std::mem::take(&mut self.outer_next);
         }
@@ -300,6 +318,84 @@ impl<'a, C: AsyncConnection> HookRun<'a, C> {
             std::mem::replace(&mut self.panics, FirstPanic::new()),
             spent,
         )
+    }
+}
+
+impl<C: AsyncConnection> AsyncHookedConnection<C> {
+    /// The common batch: every hook is one a run of this kind (`commit`:
+    /// after COMMIT, else after a rollback) handles without the connection
+    /// or an await (`on_commit` / `on_commit_robust` after COMMIT with no
+    /// capture open, `on_rollback` after a rollback; hooks of the other kind
+    /// are dropped). Then they run here, in a plain loop over the drained
+    /// batch as the sync wrapper runs its hooks, with no [`HookRun`] and no
+    /// future, and the first panic is returned (`hooks` is left empty);
+    /// otherwise `None`, `hooks` untouched, for a `HookRun`. None of these
+    /// hooks can reach the connection (no registration, no capture, no
+    /// `later().next`), and nothing here awaits (no cancellation).
+    #[inline]
+    pub(crate) fn try_run_sync(
+        &mut self,
+        hooks: &mut Vec<Entry<AsyncHook<C>>>,
+        commit: bool,
+    ) -> Option<FirstPanic> {
+        // Written out for each kind: with `commit` tested inside the
+        // closure, the test stayed in the loop (~9 instructions per hook).
+        let all_sync = if commit {
+            !self.state.capturing()
+                && hooks.iter().all(|e| {
+                    !matches!(
+                        e.hook,
+                        AsyncHook::Commit(
+                            AsyncCommitHook::Future(_)
+                                | AsyncCommitHook::With(_)
+                                | AsyncCommitHook::WithSync(_)
+                        )
+                    )
+                })
+        } else {
+            hooks
+                .iter()
+                .all(|e| !matches!(e.hook, AsyncHook::RollbackFuture(_)))
+        };
+        if !all_sync {
+            return None;
+        }
+        let mut panics = FirstPanic::new();
+        if commit {
+            // As a `HookRun` of commit hooks would (rule 2's exemption).
+            let _running = Raised::new(self, Counter::CommitHooksRunning);
+            run_sync_batch(hooks, true, &mut panics);
+        } else {
+            run_sync_batch(hooks, false, &mut panics);
+        }
+        Some(panics)
+    }
+}
+
+/// [`AsyncHookedConnection::try_run_sync`]'s loop: runs the sync hooks of `batch` of
+/// this run's kind, drops the others, and leaves `batch` empty.
+#[inline(never)]
+fn run_sync_batch<C: AsyncConnection>(
+    batch: &mut Vec<Entry<AsyncHook<C>>>,
+    commit: bool,
+    panics: &mut FirstPanic,
+) {
+    if commit {
+        for Entry { label, hook } in batch.drain(..) {
+            match hook {
+                AsyncHook::Commit(AsyncCommitHook::Plain(f)) => {
+                    failures::run_plain(f, &label, panics)
+                }
+                AsyncHook::Commit(AsyncCommitHook::Robust(f)) => failures::run_robust(f, &label),
+                _ => {} // not an on_commit-kind hook, or spent
+            }
+        }
+    } else {
+        for Entry { label, hook } in batch.drain(..) {
+            if let AsyncHook::Rollback(f) = hook {
+                failures::run_plain(f, &label, panics);
+            }
+        }
     }
 }
 

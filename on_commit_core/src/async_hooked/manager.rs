@@ -17,9 +17,21 @@ use diesel_async::{AsyncConnection, TransactionManager};
 use crate::async_hooked::connection::{AsyncHookedConnection, Inner};
 use crate::async_hooked::hooks::{AsyncHook, CatchUnwind, HookRun};
 use crate::async_hooked::later::{orphaned, Orphan};
+use crate::rules::db_status::depth_of;
 use crate::rules::failures::FirstPanic;
 use crate::rules::levels::{Counter, DepthCheck, Raised};
 use crate::transaction_hooks::AsyncHookFn;
+
+/// `conn.run_due().await`, with the emptiness test written out at the
+/// call site: a step with nothing due (the common case) neither builds nor
+/// polls a `run_due` future (~29 instructions per call site otherwise).
+macro_rules! run_due {
+    ($conn:expr) => {
+        if $conn.has_due() {
+            $conn.run_due_now().await;
+        }
+    };
+}
 
 /// The transaction manager of [`AsyncHookedConnection<C>`]: `C`'s own
 /// manager plus the hook rules. You do not use it directly;
@@ -116,22 +128,36 @@ impl<'a, C: AsyncConnection> InFlight<'a, C> {
 }
 
 impl<C: AsyncConnection> Drop for InFlight<'_, C> {
+    #[inline]
     fn drop(&mut self) {
         if self.armed && self.conn.state.levels() >= self.level {
             self.abandon();
         }
-        let conn = &mut *self.conn;
-        if conn.state.later().live == 1 && !conn.state.later().due.is_empty() {
-            // No enclosing future is left to await them.
-            let later = conn.state.later();
-            let due = std::mem::take(&mut later.due);
-            later.orphans.extend(due.into_iter().map(|e| Orphan {
-                label: e.label,
-                hook: e.hook,
-                why: ABANDONED,
-            }));
+        let later = self.conn.state.later();
+        later.live -= 1;
+        if later.live == 0 && !(later.due.is_empty() && later.orphans.is_empty()) {
+            self.conn.last_guard_left();
         }
-        conn.leave_guard();
+    }
+}
+
+impl<C: AsyncConnection> AsyncHookedConnection<C> {
+    /// The outermost guard of a future in flight went away with hooks left
+    /// due (no enclosing future is left to await them) or orphaned: they
+    /// go to one task, in order (or to the log).
+    #[cold]
+    #[inline(never)]
+    fn last_guard_left(&mut self) {
+        let later = self.state.later();
+        let due = std::mem::take(&mut later.due);
+        later.orphans.extend(due.into_iter().map(|e| Orphan {
+            label: e.label,
+            hook: e.hook,
+            why: ABANDONED,
+        }));
+        if !later.orphans.is_empty() {
+            orphaned(std::mem::take(&mut later.orphans));
+        }
     }
 }
 
@@ -231,35 +257,53 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     }
 
     /// Awaits the hooks that became due (the `on_rollback` hooks of levels
-    /// that rolled back), in registration order.
+    /// that rolled back), in registration order. (The manager's own steps
+    /// use `run_due!`, which builds no future when nothing is due.)
     #[inline]
     pub(crate) async fn run_due(&mut self) {
-        if !self.state.later().due.is_empty() {
+        if self.has_due() {
             self.run_due_now().await;
         }
     }
 
+    /// Whether hooks are due (see [`run_due`](Self::run_due)).
+    #[inline]
+    pub(crate) fn has_due(&mut self) -> bool {
+        !self.state.later().due.is_empty()
+    }
+
     #[cold]
     async fn run_due_now(&mut self) {
-        let due = std::mem::take(&mut self.state.later().due);
+        let mut due = std::mem::take(&mut self.state.later().due);
         let policy = self.state.hook_panics();
         let never_resume = self.state.unwinding();
-        let (panics, _) = HookRun::new(self, due, false, DROPPED_AFTER_ROLLBACK)
-            .run()
-            .await;
+        let panics = match self.try_run_sync(&mut due, false) {
+            Some(panics) => panics,
+            None => {
+                HookRun::new(self, due, false, DROPPED_AFTER_ROLLBACK)
+                    .run()
+                    .await
+                    .0
+            }
+        };
         panics.finish(policy, never_resume, "after a rollback");
     }
 
     /// The outermost COMMIT succeeded (rule 5.4): the `on_commit`-kind hooks
     /// are awaited in registration order, at `d == 0`.
     async fn fire_commit_hooks(&mut self) {
-        let Some(hooks) = self.state.committed() else {
+        let Some(mut hooks) = self.state.committed_async() else {
             return; // no hook: nothing to run, nothing allocated
         };
         let fired = hooks.len();
-        let (panics, spent) = HookRun::new(self, hooks, true, DROPPED_AFTER_COMMIT)
-            .run()
-            .await;
+        let (panics, spent) = match self.try_run_sync(&mut hooks, true) {
+            Some(panics) => (panics, hooks),
+            None => {
+                HookRun::new(self, hooks, true, DROPPED_AFTER_COMMIT)
+                    .run()
+                    .await
+            }
+        };
         self.state.recycle(spent, fired);
         panics.finish(
             self.state.hook_panics(),
@@ -271,8 +315,11 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     /// Runs a batch of `on_commit`-kind hooks at `d == 0` (a capture's).
     pub(crate) async fn run_commit_hooks(
         &mut self,
-        hooks: Vec<crate::rules::queue::Entry<AsyncHook<C>>>,
+        mut hooks: Vec<crate::rules::queue::Entry<AsyncHook<C>>>,
     ) -> FirstPanic {
+        if let Some(panics) = self.try_run_sync(&mut hooks, true) {
+            return panics;
+        }
         let (panics, _) = HookRun::new(self, hooks, true, DROPPED_AFTER_COMMIT)
             .run()
             .await;
@@ -307,21 +354,21 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
                 // The level is already gone: the database rolled it back
                 // after a failed statement the body swallowed, or it was
                 // closed behind our back.
-                conn.run_due().await;
+                run_due!(conn);
                 Err(conn.state.take_level_gone_error().into())
             }
             Ok(Ok(value)) => match Self::commit(conn).await {
                 Ok(()) => Ok(value),
                 Err(commit_error) => {
                     let _ = Self::roll_back_level(conn, level).await;
-                    conn.run_due().await;
+                    run_due!(conn);
                     Err(commit_error.into())
                 }
             },
             Ok(Err(user_error)) => {
                 let rolled_back = Self::roll_back_level(conn, level).await;
                 // Also when the level was gone already (a broken connection).
-                conn.run_due().await;
+                run_due!(conn);
                 match rolled_back {
                     Ok(()) | Err(Error::BrokenTransactionManager) => Err(user_error),
                     // The server had rolled everything back (a deadlock):
@@ -335,7 +382,7 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
                 if let Err(e) = Self::roll_back_level(&mut *unwinding, level).await {
                     tracing::error!("rollback after a panic in the transaction body failed: {e}");
                 }
-                unwinding.run_due().await;
+                run_due!(unwinding);
                 drop(unwinding);
                 guard.armed = false;
                 panic::resume_unwind(payload)
@@ -349,14 +396,15 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
     /// succeeded.
     async fn begin(conn: &mut AsyncHookedConnection<C>) -> QueryResult<()> {
         conn.check_levels();
-        conn.run_due().await;
+        run_due!(conn);
+        let was_checked = conn.state.is_checked();
         conn.state.touched();
         let mut step = InFlight::new(conn, 0, "the future of a BEGIN was dropped while it ran");
         let result = Inner::<C>::begin_transaction(&mut step.conn.inner).await;
         step.armed = false;
         step.conn.state.observe_step(&result);
         result?;
-        step.conn.state.began();
+        step.conn.state.began_checked(was_checked);
         Ok(())
     }
 
@@ -382,7 +430,7 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
                     let level = conn.state.levels();
                     let mut unwinding = Raised::new(conn, Counter::Unwinding);
                     let _ = Self::roll_back_level(&mut *unwinding, level).await;
-                    unwinding.run_due().await;
+                    run_due!(unwinding);
                     drop(unwinding);
                     panic::resume_unwind(payload);
                 }
@@ -417,12 +465,13 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
     /// way). A level the wrapper did not open is only delegated.
     async fn rollback(conn: &mut AsyncHookedConnection<C>) -> QueryResult<()> {
         if conn.check_levels() != DepthCheck::Matches || conn.state.levels() == 0 {
-            conn.run_due().await;
+            run_due!(conn);
             conn.state.touched();
             return Inner::<C>::rollback_transaction(&mut conn.inner).await;
         }
         let level = conn.state.levels();
-        let before = conn.depth();
+        // Just checked: the inner depth is what the levels stand for.
+        let before = conn.state.expected_depth();
         conn.state.touched();
         let mut step = InFlight::new(conn, 0, "the future of a ROLLBACK was dropped while it ran");
         let result = Inner::<C>::rollback_transaction(&mut step.conn.inner).await;
@@ -431,7 +480,8 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
         conn.state.observe_step(&result);
         let status = Inner::<C>::transaction_manager_status_mut(&mut conn.inner);
         conn.state.after_rollback(level, before, status);
-        conn.run_due().await;
+        conn.state.checked_if_matches(status);
+        run_due!(conn);
         result
     }
 
@@ -443,7 +493,7 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
             DepthCheck::Broken => {
                 // Its hooks were handled as a rollback (rule 9): nothing may
                 // commit now. Roll back as far as the connection allows.
-                conn.run_due().await;
+                run_due!(conn);
                 conn.state.touched();
                 return Err(Inner::<C>::rollback_transaction(&mut conn.inner)
                     .await
@@ -451,26 +501,25 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
                     .unwrap_or(Error::BrokenTransactionManager));
             }
             _ => {
-                conn.run_due().await;
+                run_due!(conn);
                 conn.state.touched();
                 return Inner::<C>::commit_transaction(&mut conn.inner).await;
             }
         }
-        conn.run_due().await;
+        run_due!(conn);
         let level = conn.state.levels();
-        if level == 1 {
+        if level == 1 && conn.state.has_before_commit() {
             Self::run_before_commit(conn).await?;
             if conn.state.levels() != 1 || conn.check_levels() != DepthCheck::Matches {
                 // A before_commit hook closed the transaction itself.
-                conn.run_due().await;
+                run_due!(conn);
                 return Err(Error::NotInTransaction);
             }
         }
         let every_error_aborts = conn.state.later().every_error_aborts;
-        if conn.state.aborted(
-            Inner::<C>::transaction_manager_status_mut(&mut conn.inner),
-            every_error_aborts,
-        ) {
+        // One status read for rule 5.3 and the depth before COMMIT.
+        let status = Inner::<C>::transaction_manager_status_mut(&mut conn.inner);
+        if conn.state.aborted(status, every_error_aborts) {
             // Rule 5.3: roll back and return the error that aborted it.
             let error = conn.state.take_abort_error();
             tracing::debug!(
@@ -479,7 +528,7 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
             let _ = Self::roll_back_level(conn, conn.state.levels()).await;
             return Err(error);
         }
-        let before = conn.depth();
+        let before = depth_of(status).unwrap_or(0);
         conn.state.touched();
         let mut step = InFlight::new(
             conn,
@@ -491,13 +540,14 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
         let conn = &mut *step.conn;
         conn.state.observe_step(&result);
         let status = Inner::<C>::transaction_manager_status_mut(&mut conn.inner);
-        if conn
+        let committed = conn
             .state
-            .after_commit(level, before, result.is_ok(), status)
-        {
+            .after_commit_inline(level, before, result.is_ok(), status);
+        conn.state.checked_if_matches(status);
+        if committed {
             conn.fire_commit_hooks().await;
         } else {
-            conn.run_due().await;
+            run_due!(conn);
         }
         result
     }

@@ -47,6 +47,7 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     #[track_caller]
+    #[inline(always)]
     pub fn on_commit<F, R>(&mut self, f: F)
     where
         F: FnOnce() -> R + Send + 'static,
@@ -84,6 +85,7 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     #[track_caller]
+    #[inline(always)]
     pub fn on_commit_robust<F, R>(&mut self, f: F)
     where
         F: FnOnce() -> R + Send + 'static,
@@ -160,6 +162,7 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     /// # }
     /// ```
     #[track_caller]
+    #[inline(always)]
     pub fn on_commit_async<Fut, R>(&mut self, future: Fut)
     where
         Fut: Future<Output = R> + Send + 'static,
@@ -246,6 +249,7 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     #[track_caller]
+    #[inline(always)]
     pub fn on_rollback<F, R>(&mut self, f: F)
     where
         F: FnOnce() -> R + Send + 'static,
@@ -287,6 +291,7 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     #[track_caller]
+    #[inline(always)]
     pub fn on_rollback_async<Fut, R>(&mut self, future: Fut)
     where
         Fut: Future<Output = R> + Send + 'static,
@@ -370,8 +375,21 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     }
 
     /// Queues `hook` at the current level, or applies rule 2 at `d == 0`.
-    #[inline]
+    /// Inlined into each registering call: when the levels were checked
+    /// and nothing reached the inner connection since (hooks registered in
+    /// a row), two flag tests and the push; else [`register_slow`](Self::register_slow).
+    #[inline(always)]
     pub(crate) fn register(&mut self, label: HookLabel, hook: AsyncHook<C>) {
+        if let Some(level) = self.state.checked_open_level() {
+            self.state.queue_at(level, Entry { label, hook });
+        } else {
+            self.register_slow(label, hook);
+        }
+    }
+
+    /// [`register`](Self::register) with the depth check (rules 1, 2, 8, 9).
+    #[inline(never)]
+    fn register_slow(&mut self, label: HookLabel, hook: AsyncHook<C>) {
         let check = self.check_levels();
         if let Some(level) = self.state.open_level(check) {
             self.state.queue_at(level, Entry { label, hook });
@@ -461,6 +479,7 @@ impl<C: AsyncConnection> TransactionHooks for AsyncHookedConnection<C> {
     }
 
     #[track_caller]
+    #[inline(always)]
     fn __on_commit_labeled<F, R>(&mut self, text: &'static str, f: F)
     where
         F: FnOnce() -> R + Send + 'static,
@@ -471,6 +490,7 @@ impl<C: AsyncConnection> TransactionHooks for AsyncHookedConnection<C> {
     }
 
     #[track_caller]
+    #[inline(always)]
     fn __on_commit_robust_labeled<F, R>(&mut self, text: &'static str, f: F)
     where
         F: FnOnce() -> R + Send + 'static,
@@ -500,6 +520,7 @@ impl<C: AsyncConnection> TransactionHooks for AsyncHookedConnection<C> {
 #[diagnostic::do_not_recommend]
 impl<C: AsyncConnection> AsyncTransactionHooks for AsyncHookedConnection<C> {
     #[track_caller]
+    #[inline(always)]
     fn __on_commit_async_labeled<Fut, R>(&mut self, text: &'static str, future: Fut)
     where
         Fut: Future<Output = R> + Send + 'static,

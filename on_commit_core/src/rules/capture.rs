@@ -99,6 +99,12 @@ impl<H: QueuedHook> HookState<H> {
             .unwrap_or_default()
     }
 
+    /// Whether a capture is open.
+    #[inline]
+    pub(crate) fn capturing(&self) -> bool {
+        self.capture.is_some()
+    }
+
     /// An `on_commit`-kind hook is about to run: with no capture open it is
     /// handed back; an open capture records its label and keeps it (`None`,
     /// [`Capture::Collect`]) or hands it back to run (`Capture::Execute`).

@@ -48,11 +48,42 @@ pub trait HookResult {
     /// Logs the failure this value describes, if any, under `label`.
     #[doc(hidden)]
     fn __report(self, label: &HookLabel);
+
+    /// Boxes a future hook of the async wrapper whose output is reported
+    /// under `label` once it completes.
+    #[cfg(feature = "async")]
+    #[doc(hidden)]
+    #[inline]
+    fn __box_future<F>(
+        future: F,
+        label: HookLabel,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>
+    where
+        F: std::future::Future<Output = Self> + Send + 'static,
+        Self: Sized + 'static,
+    {
+        Box::pin(async move { future.await.__report(&label) })
+    }
 }
 
 impl HookResult for () {
     #[inline]
     fn __report(self, _label: &HookLabel) {}
+
+    /// Nothing to report: the future is boxed as it is, without the label
+    /// (a capture-less `async` block stays a 1-byte box, as a hand-rolled
+    /// `Vec<Pin<Box<dyn Future>>>` would hold it).
+    #[cfg(feature = "async")]
+    #[inline]
+    fn __box_future<F>(
+        future: F,
+        _label: HookLabel,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        Box::pin(future)
+    }
 }
 
 /// Names the never type `!` on stable Rust: `fn() -> !` is a stable type,

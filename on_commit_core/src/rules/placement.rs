@@ -5,7 +5,7 @@
 
 use crate::rules::failures::FirstPanic;
 use crate::rules::label::HookLabel;
-use crate::rules::levels::{DepthCheck, HookState};
+use crate::rules::levels::{DepthCheck, Freshness, HookState};
 use crate::rules::queue::{Entry, QueuedHook};
 
 /// Outside a transaction (`d == 0`), what registering an `on_commit`-kind
@@ -49,6 +49,16 @@ impl<H: QueuedHook> HookState<H> {
     #[inline]
     pub(crate) fn open_level(&self, check: DepthCheck) -> Option<u32> {
         (check == DepthCheck::Matches && self.levels >= 1).then_some(self.levels)
+    }
+
+    /// [`open_level`](Self::open_level) when nothing reached the inner
+    /// connection since its levels were last checked (the common case:
+    /// several registrations in a row), without reading its status; `None`
+    /// means "ask [`check_levels`](Self::check_levels) first" (or there is
+    /// no open level). Two flag tests, for an inlined registration.
+    #[inline(always)]
+    pub(crate) fn checked_open_level(&self) -> Option<u32> {
+        (self.freshness == Freshness::Checked && self.levels >= 1).then_some(self.levels)
     }
 
     /// Queues a hook at `level`, as [`open_level`](Self::open_level) said

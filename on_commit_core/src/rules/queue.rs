@@ -139,6 +139,13 @@ impl<H: QueuedHook> HookQueue<H> {
         self.entries.drain(from..)
     }
 
+    /// Whether a `before_commit` hook is queued.
+    #[cfg(feature = "async")]
+    #[inline]
+    pub(crate) fn has_before_commit(&self) -> bool {
+        self.before_commit > 0
+    }
+
     /// Takes the next queued `before_commit` hook at or after `*cursor`,
     /// leaving the rest of the queue in place; hooks it registers are
     /// appended and are seen by later calls (rule 5.1).
