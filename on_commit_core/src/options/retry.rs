@@ -123,9 +123,83 @@ impl Retryable for Box<dyn std::error::Error> {
     }
 }
 
+/// What the retry loop does after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Wait this long, then run the transaction again.
+    Retry(Duration),
+    /// Return the error.
+    GiveUp,
+}
+
+/// The retry loop's decisions, shared by the sync wrapper (which blocks for
+/// the backoff) and the async one (which awaits it): whether an error is
+/// retried, the attempt count, the deadline, the backoff delay and the log
+/// lines. The callers only run attempts and wait.
+#[derive(Debug)]
+pub(crate) struct RetryState<'p> {
+    policy: &'p RetryPolicy,
+    started: Instant,
+    /// The attempt that just ran (counts from 1).
+    attempt: u32,
+    /// Inside an open user transaction: one attempt only, error unchanged.
+    once: bool,
+}
+
+impl<'p> RetryState<'p> {
+    /// Before the first attempt. `in_transaction`: a user transaction is
+    /// open, so the call runs once (only an outermost transaction retries).
+    pub(crate) fn start(policy: &'p RetryPolicy, in_transaction: bool) -> Self {
+        Self {
+            policy,
+            started: Instant::now(),
+            attempt: 1,
+            once: in_transaction,
+        }
+    }
+
+    /// Attempt `n` failed with `error`: retry after a delay, or give up.
+    pub(crate) fn after_failure<E>(&mut self, error: &E) -> Decision
+    where
+        E: Retryable + std::fmt::Display,
+    {
+        if self.once {
+            return Decision::GiveUp;
+        }
+        let policy = self.policy;
+        let n = self.attempt;
+        let retryable = error.diesel_error().is_some_and(is_retryable);
+        let out_of_time = policy
+            .deadline
+            .is_some_and(|deadline| self.started.elapsed() >= deadline);
+        if !retryable || n >= policy.attempts || out_of_time {
+            if retryable {
+                tracing::warn!(
+                    attempt = n,
+                    "transaction failed again, not retrying: {error}"
+                );
+            }
+            return Decision::GiveUp;
+        }
+        let wait = policy.delay(n);
+        let wait = match policy.deadline {
+            Some(deadline) => wait.min(deadline.saturating_sub(self.started.elapsed())),
+            None => wait,
+        };
+        tracing::info!(
+            attempt = n,
+            next_in_ms = wait.as_millis() as u64,
+            "transaction failed with a retryable error, retrying: {error}"
+        );
+        self.attempt += 1;
+        Decision::Retry(wait)
+    }
+}
+
 /// Runs `attempt` until it succeeds, fails with an error that is not
 /// retryable, or the policy is exhausted. Inside an open user transaction it
-/// runs once.
+/// runs once. The decisions are [`RetryState`]'s; this only blocks for the
+/// backoff.
 pub(crate) fn with_retry<C, T, E, F>(
     conn: &mut HookedConnection<C>,
     policy: &RetryPolicy,
@@ -136,41 +210,16 @@ where
     F: FnMut(&mut HookedConnection<C>) -> Result<T, E>,
     E: Retryable + std::fmt::Display,
 {
-    if conn.in_transaction() {
-        return attempt(conn);
-    }
-    let started = Instant::now();
-    let mut n = 1;
+    let mut state = RetryState::start(policy, conn.in_transaction());
     loop {
         let error = match attempt(conn) {
             Ok(value) => return Ok(value),
             Err(error) => error,
         };
-        let retryable = error.diesel_error().is_some_and(is_retryable);
-        let out_of_time = policy
-            .deadline
-            .is_some_and(|deadline| started.elapsed() >= deadline);
-        if !retryable || n >= policy.attempts || out_of_time {
-            if retryable {
-                tracing::warn!(
-                    attempt = n,
-                    "transaction failed again, not retrying: {error}"
-                );
-            }
-            return Err(error);
+        match state.after_failure(&error) {
+            Decision::Retry(wait) => std::thread::sleep(wait),
+            Decision::GiveUp => return Err(error),
         }
-        let wait = policy.delay(n);
-        let wait = match policy.deadline {
-            Some(deadline) => wait.min(deadline.saturating_sub(started.elapsed())),
-            None => wait,
-        };
-        tracing::info!(
-            attempt = n,
-            next_in_ms = wait.as_millis() as u64,
-            "transaction failed with a retryable error, retrying: {error}"
-        );
-        std::thread::sleep(wait);
-        n += 1;
     }
 }
 
