@@ -51,6 +51,11 @@ pub use crate::backends::sqlite::SqliteTransactionMode;
 pub use crate::hooked::connection::HookedConnection;
 pub use crate::hooked::manager::HookedTransactionManager;
 pub use crate::hooked::testing::CapturedHooks;
+#[cfg(feature = "async")]
+#[doc(hidden)]
+pub use crate::options::async_builder::AsyncBeginSql;
+#[cfg(feature = "async")]
+pub use crate::options::async_builder::AsyncTransactionBuilder;
 #[doc(hidden)]
 pub use crate::options::builder::IsolationAndReadMode;
 pub use crate::options::builder::{BeginStatement, IsolationLevel, NoRetry, TransactionBuilder};

@@ -24,6 +24,13 @@ pub struct MysqlTransactionOptions {
 
 impl BeginStatement<MysqlConnection> for MysqlTransactionOptions {
     fn begin_sql(&self, _conn: &mut MysqlConnection) -> QueryResult<String> {
+        Ok(self.sql())
+    }
+}
+
+impl MysqlTransactionOptions {
+    /// The statements, the same for the sync and the async connection.
+    fn sql(&self) -> String {
         let mut sql = String::new();
         if let Some(level) = self.isolation {
             sql.push_str(match level {
@@ -51,7 +58,7 @@ impl BeginStatement<MysqlConnection> for MysqlTransactionOptions {
             }
             None => {}
         }
-        Ok(sql)
+        sql
     }
 }
 
@@ -122,5 +129,64 @@ impl ReadOnlyFor<MysqlConnection> for ReadOnly {
     type Begin = MysqlBegin;
     fn __on(&self) -> bool {
         true
+    }
+}
+
+// The async wrapper (diesel-async's `AsyncMysqlConnection`).
+
+#[cfg(feature = "async")]
+mod async_mysql {
+    use diesel::result::QueryResult;
+    use diesel_async::AsyncMysqlConnection;
+
+    use super::MysqlTransactionOptions;
+    use crate::async_hooked::connection::AsyncHookedConnection;
+    use crate::options::async_builder::{AsyncBeginSql, AsyncTransactionBuilder};
+    use crate::options::builder::BeginStatement;
+
+    impl BeginStatement<AsyncMysqlConnection> for MysqlTransactionOptions {
+        fn begin_sql(&self, _conn: &mut AsyncMysqlConnection) -> QueryResult<String> {
+            Ok(self.sql())
+        }
+    }
+
+    impl AsyncBeginSql for AsyncMysqlConnection {
+        async fn __begin_transaction_sql(&mut self, sql: &str) -> QueryResult<()> {
+            diesel_async::AnsiTransactionManager::begin_transaction_sql(self, sql).await
+        }
+    }
+
+    impl AsyncHookedConnection<AsyncMysqlConnection> {
+        /// A transaction with MySQL options through the wrapper (isolation
+        /// level, read mode, consistent snapshot), with every hook rule and
+        /// the panic and cancellation guards of
+        /// [`transaction`](Self::transaction):
+        ///
+        /// ```no_run
+        /// # use diesel::prelude::*;
+        /// # use diesel_async::AsyncMysqlConnection;
+        /// # use diesel_on_commit::{AsyncHookedConnection, RetryPolicy};
+        /// # async fn f(conn: &mut AsyncHookedConnection<AsyncMysqlConnection>) -> QueryResult<()> {
+        /// conn.build_transaction()
+        ///     .repeatable_read()
+        ///     .with_consistent_snapshot()
+        ///     .read_only()
+        ///     .run(async |conn| Ok(()))
+        ///     .await
+        /// # }
+        /// ```
+        pub fn build_transaction(
+            &mut self,
+        ) -> AsyncTransactionBuilder<'_, AsyncMysqlConnection, MysqlTransactionOptions> {
+            AsyncTransactionBuilder::new(self, MysqlTransactionOptions::default())
+        }
+    }
+
+    impl<R> AsyncTransactionBuilder<'_, AsyncMysqlConnection, MysqlTransactionOptions, R> {
+        /// `WITH CONSISTENT SNAPSHOT`
+        pub fn with_consistent_snapshot(mut self) -> Self {
+            self.options.consistent_snapshot = true;
+            self
+        }
     }
 }
