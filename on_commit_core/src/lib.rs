@@ -82,6 +82,8 @@ pub mod prelude {
 pub mod __private {
     #[cfg(feature = "async")]
     pub use crate::macro_support::async_atomic::*;
+    #[cfg(feature = "async")]
+    pub use crate::macro_support::async_atomic_options::*;
     pub use crate::macro_support::atomic::{atomic, AtomicReturn};
     pub use crate::macro_support::atomic_options::*;
     pub use crate::macro_support::conn_arg::{OnCommitConnection, WrappedConnection};

@@ -141,8 +141,13 @@ mod async_mysql {
 
     use super::MysqlTransactionOptions;
     use crate::async_hooked::connection::AsyncHookedConnection;
+    use crate::macro_support::async_atomic_options::{
+        AsyncBeginWith, AsyncIsolationFor, AsyncReadOnlyFor,
+    };
+    use crate::macro_support::atomic_options::{Isolation, ReadOnly, Resolved};
     use crate::options::async_builder::{AsyncBeginSql, AsyncTransactionBuilder};
     use crate::options::builder::BeginStatement;
+    use crate::options::builder::IsolationLevel;
 
     impl BeginStatement<AsyncMysqlConnection> for MysqlTransactionOptions {
         fn begin_sql(&self, _conn: &mut AsyncMysqlConnection) -> QueryResult<String> {
@@ -187,6 +192,46 @@ mod async_mysql {
         pub fn with_consistent_snapshot(mut self) -> Self {
             self.options.consistent_snapshot = true;
             self
+        }
+    }
+
+    // What `#[atomic(..)] async fn` options on this backend call.
+
+    /// `conn.build_transaction()` of the async wrapper, for `#[atomic]`.
+    #[doc(hidden)]
+    #[derive(Debug)]
+    pub struct AsyncMysqlBegin;
+
+    impl AsyncBeginWith<AsyncMysqlConnection> for AsyncMysqlBegin {
+        fn __sql(_: &mut AsyncMysqlConnection, options: &Resolved) -> QueryResult<String> {
+            Ok(MysqlTransactionOptions {
+                isolation: options.isolation,
+                read_only: options.read_only.then_some(true),
+                consistent_snapshot: false,
+            }
+            .sql())
+        }
+        fn __begin(
+            conn: &mut AsyncMysqlConnection,
+            sql: &str,
+        ) -> impl std::future::Future<Output = QueryResult<()>> + Send {
+            conn.__begin_transaction_sql(sql)
+        }
+    }
+
+    #[diagnostic::do_not_recommend]
+    impl AsyncIsolationFor<AsyncMysqlConnection> for Isolation {
+        type Begin = AsyncMysqlBegin;
+        fn __level(&self) -> Option<IsolationLevel> {
+            Some(self.0)
+        }
+    }
+
+    #[diagnostic::do_not_recommend]
+    impl AsyncReadOnlyFor<AsyncMysqlConnection> for ReadOnly {
+        type Begin = AsyncMysqlBegin;
+        fn __on(&self) -> bool {
+            true
         }
     }
 }

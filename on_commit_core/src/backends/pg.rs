@@ -216,6 +216,10 @@ mod async_pg {
 
     use super::PgTransactionOptions;
     use crate::async_hooked::connection::AsyncHookedConnection;
+    use crate::macro_support::async_atomic_options::{
+        AsyncBeginWith, AsyncDeferrableFor, AsyncIsolationFor, AsyncReadOnlyFor,
+    };
+    use crate::macro_support::atomic_options::{Deferrable, Isolation, ReadOnly, Resolved};
     use crate::options::async_builder::{AsyncBeginSql, AsyncTransactionBuilder};
     use crate::options::builder::{BeginStatement, IsolationLevel};
 
@@ -290,6 +294,54 @@ mod async_pg {
         pub fn not_deferrable(mut self) -> Self {
             self.options.deferrable = Some(false);
             self
+        }
+    }
+
+    // What `#[atomic(..)] async fn` options on this backend call.
+
+    /// `conn.build_transaction()` of the async wrapper, for `#[atomic]`.
+    #[doc(hidden)]
+    #[derive(Debug)]
+    pub struct AsyncPgBegin;
+
+    impl AsyncBeginWith<AsyncPgConnection> for AsyncPgBegin {
+        fn __sql(conn: &mut AsyncPgConnection, options: &Resolved) -> QueryResult<String> {
+            PgTransactionOptions {
+                isolation: options.isolation,
+                read_only: options.read_only.then_some(true),
+                deferrable: options.deferrable.then_some(true),
+            }
+            .begin_sql(conn)
+        }
+        fn __begin(
+            conn: &mut AsyncPgConnection,
+            sql: &str,
+        ) -> impl std::future::Future<Output = QueryResult<()>> + Send {
+            conn.__begin_transaction_sql(sql)
+        }
+    }
+
+    #[diagnostic::do_not_recommend]
+    impl AsyncIsolationFor<AsyncPgConnection> for Isolation {
+        type Begin = AsyncPgBegin;
+        fn __level(&self) -> Option<IsolationLevel> {
+            Some(self.0)
+        }
+    }
+
+    #[diagnostic::do_not_recommend]
+    impl AsyncReadOnlyFor<AsyncPgConnection> for ReadOnly {
+        type Begin = AsyncPgBegin;
+        fn __on(&self) -> bool {
+            true
+        }
+    }
+
+    #[diagnostic::do_not_recommend]
+    impl AsyncDeferrableFor<AsyncPgConnection> for Deferrable {
+        type Begin = AsyncPgBegin;
+        fn __on(&self) -> bool {
+            true
         }
     }
 }

@@ -123,6 +123,8 @@ mod async_sqlite {
 
     use super::SqliteTransactionMode;
     use crate::async_hooked::connection::AsyncHookedConnection;
+    use crate::macro_support::async_atomic_options::{AsyncBeginWith, AsyncImmediateFor};
+    use crate::macro_support::atomic_options::{Immediate, Resolved};
     use crate::options::async_builder::{AsyncBeginSql, AsyncTransactionBuilder};
     use crate::options::builder::BeginStatement;
     use crate::transaction_hooks::AsyncHookFn;
@@ -212,6 +214,39 @@ mod async_sqlite {
         pub fn exclusive(mut self) -> Self {
             self.options = SqliteTransactionMode::Exclusive;
             self
+        }
+    }
+
+    // What `#[atomic(immediate)] async fn` calls.
+
+    /// `conn.build_transaction().immediate()` of the async wrapper, for
+    /// `#[atomic]`.
+    #[doc(hidden)]
+    #[derive(Debug)]
+    pub struct AsyncSqliteBegin;
+
+    impl AsyncBeginWith<Conn> for AsyncSqliteBegin {
+        fn __sql(conn: &mut Conn, options: &Resolved) -> QueryResult<String> {
+            let mode = if options.immediate {
+                SqliteTransactionMode::Immediate
+            } else {
+                SqliteTransactionMode::Deferred
+            };
+            mode.begin_sql(conn)
+        }
+        fn __begin(
+            conn: &mut Conn,
+            sql: &str,
+        ) -> impl std::future::Future<Output = QueryResult<()>> + Send {
+            conn.__begin_transaction_sql(sql)
+        }
+    }
+
+    #[diagnostic::do_not_recommend]
+    impl AsyncImmediateFor<Conn> for Immediate {
+        type Begin = AsyncSqliteBegin;
+        fn __on(&self) -> bool {
+            true
         }
     }
 }
