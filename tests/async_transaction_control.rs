@@ -400,3 +400,510 @@ async fn sqlite_busy_is_retried_on_two_connections_to_one_file() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    use super::*;
+    use common::async_conn::async_pg_in;
+    use common::PgSchema;
+    use diesel_async::AsyncPgConnection;
+    use diesel_on_commit::atomic;
+    use tokio::sync::Barrier;
+
+    type Pg = AsyncHookedConnection<AsyncPgConnection>;
+
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+
+    #[derive(diesel::QueryableByName)]
+    struct S {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        s: String,
+    }
+
+    async fn count(conn: &mut Pg, sql: &str) -> Result<i64, Error> {
+        Ok(diesel::sql_query(sql).get_result::<N>(conn).await?.n)
+    }
+
+    async fn show(conn: &mut Pg, setting: &str) -> Result<String, Error> {
+        Ok(
+            diesel::sql_query(format!("SELECT current_setting('{setting}') AS s"))
+                .get_result::<S>(conn)
+                .await?
+                .s,
+        )
+    }
+
+    async fn doctors(db: &PgSchema) {
+        async_pg_in(db)
+            .await
+            .batch_execute(
+                "CREATE TABLE doctors (id INTEGER PRIMARY KEY, on_call BOOLEAN NOT NULL);
+                 INSERT INTO doctors VALUES (1, TRUE), (2, TRUE);",
+            )
+            .await
+            .unwrap();
+    }
+
+    /// One doctor's attempt; the barrier makes both read before either
+    /// writes (first attempt only).
+    async fn go_off_call(
+        conn: &mut Pg,
+        id: i32,
+        barrier: &Barrier,
+        attempt: &AtomicU32,
+        log: &Log,
+    ) -> Result<bool, Error> {
+        let n = attempt.fetch_add(1, Ordering::SeqCst) + 1;
+        let l = log.clone();
+        conn.on_rollback(move || l.push(format!("doctor {id} rolled back (attempt {n})")));
+        let on_call = count(conn, "SELECT COUNT(*) AS n FROM doctors WHERE on_call").await?;
+        if n == 1 {
+            barrier.wait().await;
+        }
+        if on_call < 2 {
+            return Ok(false);
+        }
+        diesel::sql_query(format!(
+            "UPDATE doctors SET on_call = FALSE WHERE id = {id}"
+        ))
+        .execute(conn)
+        .await?;
+        let l = log.clone();
+        conn.on_commit_async(async move { l.push(format!("doctor {id} off call (attempt {n})")) });
+        Ok(true)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn write_skew_with_retry_keeps_the_invariant_and_fires_once_per_commit() {
+        let db = Arc::new(PgSchema::new());
+        doctors(&db).await;
+        let barrier = Arc::new(Barrier::new(2));
+        let log = Log::new();
+        let attempts = [Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0))];
+        let handles: Vec<_> = (1..=2)
+            .map(|id| {
+                let (db, barrier, log) = (db.clone(), barrier.clone(), log.clone());
+                let attempt = attempts[id as usize - 1].clone();
+                tokio::spawn(async move {
+                    let mut conn = async_pg_in(&db).await;
+                    conn.build_transaction()
+                        .serializable()
+                        .retry(fast(10))
+                        .run(async move |conn| {
+                            go_off_call(conn, id, &barrier, &attempt, &log).await
+                        })
+                        .await
+                })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for h in handles {
+            results.push(h.await.unwrap());
+        }
+        assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+        let went_off = results.iter().filter(|r| matches!(r, Ok(true))).count();
+        assert_eq!(went_off, 1, "exactly one doctor went off call: {results:?}");
+        let mut conn = async_pg_in(&db).await;
+        let on_call = count(&mut conn, "SELECT COUNT(*) AS n FROM doctors WHERE on_call")
+            .await
+            .unwrap();
+        assert_eq!(on_call, 1, "the invariant holds");
+        let log = log.get();
+        let fired = log.iter().filter(|l| l.contains("off call")).count();
+        assert_eq!(fired, 1, "hooks of failed attempts never fire: {log:?}");
+        let total: u32 = attempts
+            .iter()
+            .map(|a| AtomicU32::load(a, Ordering::SeqCst))
+            .sum();
+        assert!(total >= 3, "one side retried: {total}");
+        let rolled_back = log.iter().filter(|l| l.contains("rolled back")).count() as u32;
+        assert_eq!(
+            rolled_back,
+            total - 2,
+            "every failed attempt ran its on_rollback: {log:?}"
+        );
+        println!("async write skew with retry: {total} attempts, log {log:?}");
+    }
+
+    #[atomic(isolation = serializable, retry = RetryPolicy::attempts(10).backoff(Duration::from_millis(1), Duration::from_millis(5)))]
+    async fn go_off_call_atomic(
+        conn: &mut Pg,
+        id: i32,
+        barrier: Arc<Barrier>,
+        attempt: Arc<AtomicU32>,
+        log: Log,
+    ) -> Result<bool, Error> {
+        go_off_call(conn, id, &barrier, &attempt, &log).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn write_skew_with_atomic_isolation_and_retry() {
+        let db = Arc::new(PgSchema::new());
+        doctors(&db).await;
+        let barrier = Arc::new(Barrier::new(2));
+        let log = Log::new();
+        let attempts = Arc::new(AtomicU32::new(0));
+        let handles: Vec<_> = (1..=2)
+            .map(|id| {
+                let (db, barrier, log, attempts) =
+                    (db.clone(), barrier.clone(), log.clone(), attempts.clone());
+                tokio::spawn(async move {
+                    let mut conn = async_pg_in(&db).await;
+                    let mine = Arc::new(AtomicU32::new(0));
+                    let r = go_off_call_atomic(&mut conn, id, barrier, mine.clone(), log).await;
+                    attempts.fetch_add(AtomicU32::load(&mine, Ordering::SeqCst), Ordering::SeqCst);
+                    r
+                })
+            })
+            .collect();
+        let mut went_off = 0;
+        for h in handles {
+            if h.await.unwrap().unwrap() {
+                went_off += 1;
+            }
+        }
+        assert_eq!(went_off, 1);
+        let log = log.get();
+        assert_eq!(
+            log.iter().filter(|l| l.contains("off call")).count(),
+            1,
+            "{log:?}"
+        );
+        let total = AtomicU32::load(&attempts, Ordering::SeqCst);
+        assert_eq!(
+            log.iter().filter(|l| l.contains("rolled back")).count() as u32,
+            total - 2,
+            "{log:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn isolation_read_only_and_deferrable_reach_the_server() {
+        let db = PgSchema::new();
+        let mut conn = async_pg_in(&db).await;
+        let (iso, ro, def) = conn
+            .build_transaction()
+            .serializable()
+            .read_only()
+            .deferrable()
+            .run(async |conn| -> Result<_, Error> {
+                Ok((
+                    show(conn, "transaction_isolation").await?,
+                    show(conn, "transaction_read_only").await?,
+                    show(conn, "transaction_deferrable").await?,
+                ))
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            (iso.as_str(), ro.as_str(), def.as_str()),
+            ("serializable", "on", "on")
+        );
+        let iso = conn
+            .build_transaction()
+            .repeatable_read()
+            .read_write()
+            .run(async |conn| show(conn, "transaction_isolation").await)
+            .await
+            .unwrap();
+        assert_eq!(iso, "repeatable read");
+        // A read-only transaction rejects writes; its on_rollback hooks run.
+        let log = Log::new();
+        let r = conn
+            .build_transaction()
+            .read_only()
+            .run(async |conn| -> R {
+                conn.on_rollback(log.hook("rolled back"));
+                conn.batch_execute("CREATE TABLE nope (id INT)").await?;
+                conn.on_commit(log.hook("never"));
+                Ok(())
+            })
+            .await;
+        assert!(
+            matches!(
+                r,
+                Err(Error::DatabaseError(
+                    DatabaseErrorKind::ReadOnlyTransaction,
+                    _
+                ))
+            ),
+            "{r:?}"
+        );
+        assert_eq!(log.get(), ["rolled back"]);
+    }
+
+    #[atomic(isolation = repeatable_read, read_only)]
+    async fn snapshot_report(conn: &mut Pg) -> Result<(String, String), Error> {
+        Ok((
+            show(conn, "transaction_isolation").await?,
+            show(conn, "transaction_read_only").await?,
+        ))
+    }
+
+    #[atomic(isolation = serializable, read_only, deferrable)]
+    async fn deferrable_report(conn: &mut Pg) -> Result<String, Error> {
+        show(conn, "transaction_deferrable").await
+    }
+
+    #[tokio::test]
+    async fn atomic_options_reach_the_server() {
+        let db = PgSchema::new();
+        let mut conn = async_pg_in(&db).await;
+        let (iso, ro) = snapshot_report(&mut conn).await.unwrap();
+        assert_eq!((iso.as_str(), ro.as_str()), ("repeatable read", "on"));
+        assert_eq!(deferrable_report(&mut conn).await.unwrap(), "on");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deadlock_between_two_tasks_is_retried() {
+        let db = Arc::new(PgSchema::new());
+        doctors(&db).await;
+        let barrier = Arc::new(Barrier::new(2));
+        let log = Log::new();
+        let total = Arc::new(AtomicU32::new(0));
+        let handles: Vec<_> = [(1, 2), (2, 1)]
+            .into_iter()
+            .map(|(first, second)| {
+                let (db, barrier, log, total) =
+                    (db.clone(), barrier.clone(), log.clone(), total.clone());
+                tokio::spawn(async move {
+                    let mut conn = async_pg_in(&db).await;
+                    let mut n = 0;
+                    conn.transaction_with_retry(&fast(10), async move |conn| -> R {
+                        n += 1;
+                        total.fetch_add(1, Ordering::SeqCst);
+                        let bump = |id| {
+                            format!("UPDATE doctors SET on_call = NOT on_call WHERE id = {id}")
+                        };
+                        conn.batch_execute(&bump(first)).await?;
+                        if n == 1 {
+                            barrier.wait().await;
+                        }
+                        conn.batch_execute(&bump(second)).await?;
+                        let l = log.clone();
+                        conn.on_commit(move || l.push(format!("{first}->{second} committed")));
+                        Ok(())
+                    })
+                    .await
+                })
+            })
+            .collect();
+        for h in handles {
+            h.await.unwrap().unwrap();
+        }
+        let mut fired = log.get();
+        fired.sort();
+        assert_eq!(fired, ["1->2 committed", "2->1 committed"]);
+        assert!(
+            AtomicU32::load(&total, Ordering::SeqCst) >= 3,
+            "one side retried"
+        );
+    }
+
+    /// A retrying transaction dropped during its backoff sleep: nothing is
+    /// committed, no hook of any attempt runs as committed, and the
+    /// on_rollback hooks of the attempts that ran each ran once.
+    #[tokio::test]
+    async fn a_retrying_transaction_dropped_during_the_backoff_commits_nothing() {
+        let db = PgSchema::new();
+        let mut conn = async_pg_in(&db).await;
+        conn.batch_execute("CREATE TABLE t (id INT PRIMARY KEY)")
+            .await
+            .unwrap();
+        let log = Log::new();
+        let attempts = AtomicU32::new(0);
+        let policy =
+            RetryPolicy::attempts(10).backoff(Duration::from_secs(5), Duration::from_secs(5));
+        let fut = conn
+            .build_transaction()
+            .serializable()
+            .retry(policy)
+            .run(async |conn| -> R {
+                let n = attempts.fetch_add(1, Ordering::SeqCst) + 1;
+                conn.batch_execute(&format!("INSERT INTO t VALUES ({n})"))
+                    .await?;
+                let l = log.clone();
+                conn.on_commit(move || l.push(format!("commit {n}")));
+                let l = log.clone();
+                conn.on_rollback(move || l.push(format!("rollback {n}")));
+                Err(serialization_failure())
+            });
+        // The first attempt fails at once; the backoff (up to 5 s, with
+        // full jitter) is where the timeout drops it, unless the jitter
+        // made it short: then later attempts ran, each rolled back.
+        let r = tokio::time::timeout(Duration::from_millis(300), fut).await;
+        let ran = AtomicU32::load(&attempts, Ordering::SeqCst);
+        if r.is_ok() {
+            // Every one of the 10 attempts drew a wait under 300 ms in all:
+            // possible, not likely; the rules still hold.
+            assert_eq!(ran, 10);
+        }
+        assert!(ran >= 1);
+        let log = log.get();
+        assert!(log.iter().all(|l| l.starts_with("rollback")), "{log:?}");
+        let expected: Vec<String> = (1..=ran).map(|n| format!("rollback {n}")).collect();
+        assert_eq!(log, expected, "each attempt's on_rollback ran once");
+        assert!(!conn.in_transaction());
+        assert_eq!(
+            count(&mut conn, "SELECT COUNT(*) AS n FROM t")
+                .await
+                .unwrap(),
+            0
+        );
+        // Dropped between attempts, nothing was open: the connection is fine.
+        conn.transaction(async |conn| -> R {
+            conn.batch_execute("INSERT INTO t VALUES (100)").await
+        })
+        .await
+        .unwrap();
+    }
+}
+
+#[cfg(feature = "mysql")]
+mod mysql {
+    use super::*;
+    use common::async_conn::async_mysql_in;
+    use common::MysqlDb;
+    use diesel_async::AsyncMysqlConnection;
+    use diesel_on_commit::atomic;
+    use tokio::sync::Barrier;
+
+    type My = AsyncHookedConnection<AsyncMysqlConnection>;
+
+    #[derive(diesel::QueryableByName)]
+    struct S {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        s: String,
+    }
+
+    async fn isolation(conn: &mut My) -> Result<String, Error> {
+        // MariaDB and MySQL 8 both have @@tx_isolation or
+        // @@transaction_isolation; the session's next-transaction setting is
+        // not what we want, so read the running transaction's through
+        // information_schema where it exists, else the variable.
+        Ok(diesel::sql_query(
+            "SELECT CAST(COALESCE(
+                 (SELECT trx_isolation_level FROM information_schema.innodb_trx
+                  WHERE trx_mysql_thread_id = CONNECTION_ID()),
+                 'none') AS CHAR) AS s",
+        )
+        .get_result::<S>(conn)
+        .await?
+        .s)
+    }
+
+    #[tokio::test]
+    async fn isolation_and_read_mode_reach_the_server() {
+        let db = MysqlDb::new();
+        let mut conn = async_mysql_in(&db).await;
+        conn.batch_execute("CREATE TABLE t (id INTEGER PRIMARY KEY) ENGINE=InnoDB")
+            .await
+            .unwrap();
+        let level = conn
+            .build_transaction()
+            .serializable()
+            .with_consistent_snapshot()
+            .run(async |conn| {
+                // innodb_trx lists the transaction once it wrote.
+                conn.batch_execute("INSERT INTO t VALUES (0)").await?;
+                isolation(conn).await
+            })
+            .await
+            .unwrap();
+        assert_eq!(level, "SERIALIZABLE");
+        let log = Log::new();
+        let r = conn
+            .build_transaction()
+            .read_only()
+            .run(async |conn| -> R {
+                conn.on_rollback(log.hook("rolled back"));
+                conn.batch_execute("INSERT INTO t VALUES (1)").await?;
+                conn.on_commit(log.hook("never"));
+                Ok(())
+            })
+            .await;
+        assert!(r.is_err(), "read-only rejects writes");
+        assert_eq!(log.get(), ["rolled back"]);
+    }
+
+    #[atomic(isolation = read_committed)]
+    async fn read_committed_level(conn: &mut My) -> Result<String, Error> {
+        diesel::sql_query("SELECT COUNT(*) FROM t FOR UPDATE")
+            .execute(conn)
+            .await?;
+        isolation(conn).await
+    }
+
+    #[tokio::test]
+    async fn atomic_isolation_reaches_the_server() {
+        let db = MysqlDb::new();
+        let mut conn = async_mysql_in(&db).await;
+        conn.batch_execute("CREATE TABLE t (id INTEGER PRIMARY KEY) ENGINE=InnoDB")
+            .await
+            .unwrap();
+        assert_eq!(
+            read_committed_level(&mut conn).await.unwrap(),
+            "READ COMMITTED"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deadlock_between_two_tasks_is_retried() {
+        let db = Arc::new(MysqlDb::new());
+        async_mysql_in(&db)
+            .await
+            .batch_execute(
+                "CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance INTEGER NOT NULL) ENGINE=InnoDB;
+                 INSERT INTO accounts VALUES (1, 100), (2, 100);",
+            )
+            .await
+            .unwrap();
+        let barrier = Arc::new(Barrier::new(2));
+        let log = Log::new();
+        let total = Arc::new(AtomicU32::new(0));
+        let handles: Vec<_> = [(1, 2), (2, 1)]
+            .into_iter()
+            .map(|(first, second)| {
+                let (db, barrier, log, total) =
+                    (db.clone(), barrier.clone(), log.clone(), total.clone());
+                tokio::spawn(async move {
+                    let mut conn = async_mysql_in(&db).await;
+                    let mut n = 0;
+                    conn.transaction_with_retry(&fast(10), async move |conn| -> R {
+                        n += 1;
+                        total.fetch_add(1, Ordering::SeqCst);
+                        let bump = |id: i32| {
+                            let delta = if id == 1 { "- 1" } else { "+ 1" };
+                            format!("UPDATE accounts SET balance = balance {delta} WHERE id = {id}")
+                        };
+                        conn.batch_execute(&bump(first)).await?;
+                        if n == 1 {
+                            barrier.wait().await;
+                        }
+                        conn.batch_execute(&bump(second)).await?;
+                        let l = log.clone();
+                        conn.on_commit(move || l.push(format!("{first}->{second} committed")));
+                        Ok(())
+                    })
+                    .await
+                })
+            })
+            .collect();
+        for h in handles {
+            h.await.unwrap().unwrap();
+        }
+        let mut fired = log.get();
+        fired.sort();
+        assert_eq!(fired, ["1->2 committed", "2->1 committed"]);
+        let attempts = AtomicU32::load(&total, Ordering::SeqCst);
+        assert!(
+            attempts >= 3,
+            "MariaDB broke the deadlock, one side retried: {attempts}"
+        );
+        println!("async MySQL deadlock: {attempts} attempts for 2 commits");
+    }
+}
