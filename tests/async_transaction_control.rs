@@ -780,11 +780,19 @@ mod mysql {
         s: String,
     }
 
+    /// The running transaction's isolation level, as InnoDB reports it.
+    /// `@@tx_isolation` shows the session's level, not the one `SET
+    /// TRANSACTION` chose for this transaction, so read
+    /// `information_schema.innodb_trx`. Two catches: it lists a transaction
+    /// only once it touched InnoDB (the callers write or lock a row first),
+    /// and it is served from a cache InnoDB refreshes at most every 100 ms
+    /// (`TRX_I_S_CACHE_MIN_REFRESH_TIME`), so a read within 100 ms of
+    /// another session's read (a test running in parallel) can miss a
+    /// transaction that began since. After the 150 ms sleep, the last
+    /// refresh either came after this transaction touched InnoDB or is stale
+    /// and is redone by this read.
     async fn isolation(conn: &mut My) -> Result<String, Error> {
-        // MariaDB and MySQL 8 both have @@tx_isolation or
-        // @@transaction_isolation; the session's next-transaction setting is
-        // not what we want, so read the running transaction's through
-        // information_schema where it exists, else the variable.
+        conn.batch_execute("DO SLEEP(0.15)").await?;
         Ok(diesel::sql_query(
             "SELECT CAST(COALESCE(
                  (SELECT trx_isolation_level FROM information_schema.innodb_trx
@@ -803,19 +811,23 @@ mod mysql {
         conn.batch_execute("CREATE TABLE t (id INTEGER PRIMARY KEY) ENGINE=InnoDB")
             .await
             .unwrap();
-        let level = conn
-            .build_transaction()
+        // What the sync test (transaction_control.rs, mysql_options_render_and_run)
+        // checks: every option together renders and runs, and the
+        // transaction commits with its hooks.
+        let log = Log::new();
+        conn.build_transaction()
             .serializable()
+            .read_only()
             .with_consistent_snapshot()
-            .run(async |conn| {
-                // innodb_trx lists the transaction once it wrote.
-                conn.batch_execute("INSERT INTO t VALUES (0)").await?;
-                isolation(conn).await
+            .run(async |conn| -> R {
+                diesel::sql_query("SELECT 1").execute(conn).await?;
+                conn.on_commit(log.hook("mysql read-only committed"));
+                Ok(())
             })
             .await
             .unwrap();
-        assert_eq!(level, "SERIALIZABLE");
-        let log = Log::new();
+        assert_eq!(log.take(), ["mysql read-only committed"]);
+        // Read-only rejects writes: rolled back, no on_commit.
         let r = conn
             .build_transaction()
             .read_only()
@@ -828,6 +840,20 @@ mod mysql {
             .await;
         assert!(r.is_err(), "read-only rejects writes");
         assert_eq!(log.get(), ["rolled back"]);
+        assert!(!conn.in_transaction());
+        // Beyond the sync test: the level reaches InnoDB.
+        let level = conn
+            .build_transaction()
+            .serializable()
+            .with_consistent_snapshot()
+            .run(async |conn| {
+                // innodb_trx lists the transaction once it wrote.
+                conn.batch_execute("INSERT INTO t VALUES (0)").await?;
+                isolation(conn).await
+            })
+            .await
+            .unwrap();
+        assert_eq!(level, "SERIALIZABLE");
     }
 
     #[atomic(isolation = read_committed)]
