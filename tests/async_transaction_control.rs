@@ -330,6 +330,63 @@ async fn the_builders_and_retry_futures_are_send() {
     assert_eq!(value, 6);
 }
 
+/// The forms of a retried body whose future is `Send` (README, Known
+/// limits): an `async move` closure that owns what it captures (clones,
+/// `Arc`s, counters), also inside an `async fn` that takes references and
+/// clones them before the closure, with the policy borrowed. A closure that
+/// captures a reference (a non-`move` `async |conn| ..` using any local, or
+/// an `async move` one holding a `&T`, even a `&'static str`) makes rustc
+/// reject the spawned future: "implementation of `Send` is not general
+/// enough" (checked by hand; a compiler limitation, not a trybuild case).
+#[tokio::test]
+async fn retried_bodies_that_own_their_captures_are_send() {
+    async fn with_references(conn: &mut Conn, policy: &RetryPolicy, log: &Log) -> R {
+        let log = log.clone();
+        conn.transaction_with_retry(policy, async move |conn| {
+            conn.on_commit(log.hook("cloned before the closure"));
+            Ok(())
+        })
+        .await
+    }
+    let log = Log::new();
+    let spawned = log.clone();
+    tokio::spawn(async move {
+        let mut conn = async_sqlite().await;
+        let log = spawned;
+        let mut n = 0;
+        let shared = Arc::new(AtomicU32::new(0));
+        let owned = log.clone();
+        let counted = shared.clone();
+        let attempts = conn
+            .transaction_with_retry(&fast(2), async move |conn| -> Result<u32, Error> {
+                n += 1;
+                counted.fetch_add(1, Ordering::SeqCst);
+                conn.on_commit(owned.hook("owned"));
+                Ok(n)
+            })
+            .await?;
+        let owned = log.clone();
+        conn.build_transaction()
+            .immediate()
+            .retry(fast(2))
+            .run(async move |conn| -> R {
+                conn.on_commit(owned.hook("builder"));
+                Ok(())
+            })
+            .await?;
+        with_references(&mut conn, &fast(2), &log).await?;
+        assert_eq!(
+            (attempts, AtomicU32::load(&shared, Ordering::SeqCst)),
+            (1, 1)
+        );
+        Ok::<_, Error>(())
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(log.get(), ["owned", "builder", "cloned before the closure"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_busy_is_retried_on_two_connections_to_one_file() {
     let dir = std::env::temp_dir().join(common::unique("async-busy"));

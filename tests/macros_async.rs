@@ -1277,6 +1277,11 @@ mod options {
 
     /// A retrying `#[atomic]` future is `Send` when its body's is: it can be
     /// spawned (the `retry_loop!` comment in options/async_builder.rs).
+    /// Its parameters besides the connection must be owned (`String`,
+    /// `Arc<T>`, `Copy` values): with a reference parameter (`&Log`, even a
+    /// `&'static str`, or `&self`) rustc rejects the spawned future as not
+    /// `Send` ("implementation of `Send` is not general enough"; README,
+    /// Known limits).
     #[cfg(feature = "tokio")]
     #[atomic(immediate, retry = 2)]
     async fn sendable(conn: &mut DbConn, id: i32, customer: String) -> QueryResult<i32> {
@@ -1288,17 +1293,31 @@ mod options {
     }
 
     #[cfg(feature = "tokio")]
+    #[atomic(retry = 2)]
+    async fn sendable_shared(conn: &mut DbConn, id: i32, log: Arc<Log>) -> QueryResult<i32> {
+        conn.on_commit(log.hook("shared"));
+        insert(conn, id).await?;
+        Ok(id)
+    }
+
+    #[cfg(feature = "tokio")]
     #[tokio::test]
     async fn retrying_futures_with_options_are_send() {
         let (mut conn, _url) = file_db().await;
+        let shared = Log::new();
+        let log = Arc::new(shared.clone());
         let id = tokio::spawn(async move {
             let fut = sendable(&mut conn, 5, "ada".into());
             assert_send(&fut);
-            fut.await
+            let id = fut.await?;
+            let fut = sendable_shared(&mut conn, 6, log);
+            assert_send(&fut);
+            Ok::<_, Error>(id + fut.await?)
         })
         .await
         .unwrap()
         .unwrap();
-        assert_eq!(id, 5);
+        assert_eq!(id, 11);
+        assert_eq!(shared.get(), ["shared"]);
     }
 }
