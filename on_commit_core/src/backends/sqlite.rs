@@ -159,20 +159,20 @@ mod async_sqlite {
         /// # use diesel_async::AsyncConnection;
         /// use diesel_on_commit::{AsyncHookedConnection, RetryPolicy};
         ///
-        /// # #[tokio::main(flavor = "current_thread")]
-        /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
         /// let mut conn: AsyncHookedConnection<SyncConnectionWrapper<SqliteConnection>> =
         ///     AsyncHookedConnection::establish(":memory:").await?;
         /// conn.build_transaction()
         ///     .immediate()
         ///     .retry(RetryPolicy::attempts(5)) // SQLITE_BUSY; feature `tokio`
-        ///     .run(async |conn| {
+        ///     .run(async move |conn| {
         ///         conn.on_commit(|| println!("committed, once"));
         ///         diesel::result::QueryResult::Ok(())
         ///     })
         ///     .await?;
-        /// # Ok(())
-        /// # }
+        /// # Ok::<(), Box<dyn std::error::Error>>(())
+        /// # })?;
+        /// # Ok::<(), Box<dyn std::error::Error>>(())
         /// ```
         pub fn build_transaction(
             &mut self,

@@ -193,21 +193,23 @@ impl<C: AsyncConnection> AsyncHookedConnection<C> {
     /// # use diesel_async::AsyncConnection;
     /// use diesel_on_commit::{AsyncHookedConnection, RetryPolicy};
     ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
     /// let mut conn: AsyncHookedConnection<SyncConnectionWrapper<SqliteConnection>> =
     ///     AsyncHookedConnection::establish(":memory:").await?;
+    /// // `async move`, owning what it captures: the future is `Send` (a
+    /// // closure capturing a reference makes it not `Send`).
     /// let mut attempts = 0;
     /// let value = conn
-    ///     .transaction_with_retry(&RetryPolicy::attempts(3), async |conn| {
+    ///     .transaction_with_retry(&RetryPolicy::attempts(3), async move |conn| {
     ///         attempts += 1;
     ///         conn.on_commit(move || println!("fired once, for the attempt that committed"));
     ///         Ok::<_, diesel::result::Error>(attempts)
     ///     })
     ///     .await?;
     /// assert_eq!(value, 1);
-    /// # Ok(())
-    /// # }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
     pub async fn transaction_with_retry<T, E, F>(
