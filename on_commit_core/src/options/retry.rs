@@ -261,3 +261,139 @@ impl<C: Connection> HookedConnection<C> {
         with_retry(self, policy, |conn| conn.transaction(&mut f))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diesel::result::DatabaseErrorKind;
+
+    fn serialization_failure() -> Error {
+        Error::DatabaseError(
+            DatabaseErrorKind::SerializationFailure,
+            Box::new(String::from("could not serialize access")),
+        )
+    }
+
+    fn deadlock() -> Error {
+        Error::DatabaseError(
+            DatabaseErrorKind::Unknown,
+            Box::new(String::from("Deadlock found when trying to get lock")),
+        )
+    }
+
+    /// A fast policy: waits of at most 2 ms.
+    fn fast(attempts: u32) -> RetryPolicy {
+        RetryPolicy::attempts(attempts).backoff(Duration::from_millis(1), Duration::from_millis(2))
+    }
+
+    #[test]
+    fn retries_until_the_attempts_are_spent() {
+        let policy = fast(3);
+        let mut state = RetryState::start(&policy, false);
+        assert!(matches!(
+            state.after_failure(&serialization_failure()),
+            Decision::Retry(_)
+        ));
+        assert_eq!(state.attempt, 2);
+        assert!(matches!(
+            state.after_failure(&deadlock()),
+            Decision::Retry(_)
+        ));
+        assert_eq!(state.attempt, 3);
+        assert_eq!(
+            state.after_failure(&serialization_failure()),
+            Decision::GiveUp,
+            "three attempts in all"
+        );
+        assert_eq!(state.attempt, 3);
+    }
+
+    #[test]
+    fn one_attempt_never_retries() {
+        for policy in [RetryPolicy::attempts(1), RetryPolicy::attempts(0)] {
+            assert_eq!(policy.max_attempts(), 1);
+            let mut state = RetryState::start(&policy, false);
+            assert_eq!(
+                state.after_failure(&serialization_failure()),
+                Decision::GiveUp
+            );
+        }
+    }
+
+    #[test]
+    fn a_non_retryable_error_gives_up_at_once() {
+        let policy = fast(5);
+        for error in [
+            Error::NotFound,
+            Error::RollbackTransaction,
+            Error::DatabaseError(
+                DatabaseErrorKind::UniqueViolation,
+                Box::new(String::from("duplicate key")),
+            ),
+        ] {
+            let mut state = RetryState::start(&policy, false);
+            assert_eq!(state.after_failure(&error), Decision::GiveUp, "{error}");
+            assert_eq!(state.attempt, 1);
+        }
+    }
+
+    #[test]
+    fn inside_a_user_transaction_it_runs_once() {
+        let policy = fast(5);
+        let mut state = RetryState::start(&policy, true);
+        assert_eq!(
+            state.after_failure(&serialization_failure()),
+            Decision::GiveUp
+        );
+        assert_eq!(state.after_failure(&deadlock()), Decision::GiveUp);
+    }
+
+    #[test]
+    fn a_passed_deadline_gives_up() {
+        let policy = fast(5).deadline(Duration::ZERO);
+        let mut state = RetryState::start(&policy, false);
+        assert_eq!(
+            state.after_failure(&serialization_failure()),
+            Decision::GiveUp
+        );
+    }
+
+    #[test]
+    fn the_wait_never_passes_the_deadline() {
+        let policy = RetryPolicy::attempts(5)
+            .backoff(Duration::from_secs(60), Duration::from_secs(60))
+            .deadline(Duration::from_millis(50));
+        for _ in 0..20 {
+            let mut state = RetryState::start(&policy, false);
+            match state.after_failure(&serialization_failure()) {
+                Decision::Retry(wait) => assert!(wait <= Duration::from_millis(50), "{wait:?}"),
+                Decision::GiveUp => panic!("the deadline has not passed"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_backoff_doubles_up_to_its_cap_with_full_jitter() {
+        let policy =
+            RetryPolicy::attempts(10).backoff(Duration::from_millis(10), Duration::from_millis(35));
+        for _ in 0..50 {
+            assert!(policy.delay(1) <= Duration::from_millis(10));
+            assert!(policy.delay(2) <= Duration::from_millis(20));
+            assert!(policy.delay(3) <= Duration::from_millis(35));
+            assert!(policy.delay(9) <= Duration::from_millis(35));
+        }
+        let zero = RetryPolicy::attempts(3).backoff(Duration::ZERO, Duration::ZERO);
+        assert_eq!(zero.delay(1), Duration::ZERO);
+    }
+
+    #[test]
+    fn boxed_errors_are_retryable_when_they_hold_a_diesel_error() {
+        let policy = fast(3);
+        let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(serialization_failure());
+        let mut state = RetryState::start(&policy, false);
+        assert!(matches!(state.after_failure(&boxed), Decision::Retry(_)));
+        let other: Box<dyn std::error::Error + Send + Sync> = "not a database error".into();
+        let mut state = RetryState::start(&policy, false);
+        assert_eq!(state.after_failure(&other), Decision::GiveUp);
+    }
+}
