@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 
 use common::async_conn::AsyncSqlite;
 use common::{capture_logs, unique, Log};
-use diesel::result::Error;
+use diesel::result::{DatabaseErrorKind, Error};
 use diesel::{QueryableByName, SqliteConnection};
 use diesel_async::{AsyncConnection, RunQueryDsl};
-use diesel_on_commit::{atomic, AsyncHookedConnection};
+use diesel_on_commit::{atomic, AsyncHookedConnection, RetryPolicy};
 
 type Conn = AsyncHookedConnection<AsyncSqlite>;
 
@@ -140,9 +140,24 @@ async fn atomic_generic<C: AsyncConnection>(
     body(conn).await
 }
 
-/// Every entry point that opens a transaction on the async wrapper. The
-/// transaction builders and the retry loop go here when the async wrapper
-/// has them.
+/// `#[atomic]` with options on an `async fn`: `BEGIN IMMEDIATE` through the
+/// async builder, in the retry loop.
+#[atomic(immediate, retry = 3)]
+async fn atomic_immediate_retry(conn: &mut Conn, ran: Ran, reg: Registry) -> Result<(), Error> {
+    body(conn, ran.clone(), reg.clone()).await
+}
+
+/// A retry policy with a short backoff (an attempt here fails only with a
+/// non-retryable error, so it never waits).
+fn policy() -> RetryPolicy {
+    RetryPolicy::attempts(3).backoff(Duration::from_millis(1), Duration::from_millis(2))
+}
+
+/// Every entry point that opens a transaction on the async wrapper: the
+/// plain transaction, `#[atomic]`, the transaction builders (SQLite's
+/// `build_transaction`, `immediate_transaction`, `exclusive_transaction`)
+/// and the retry loop (`transaction_with_retry`, `.retry(..)`,
+/// `#[atomic(retry)]`).
 fn entry_points() -> Vec<EntryPoint> {
     let mut all = vec![
         EntryPoint {
@@ -186,6 +201,94 @@ fn entry_points() -> Vec<EntryPoint> {
                     Ok(())
                 }))
             },
+            source: Source::Plain,
+        },
+        EntryPoint {
+            name: "conn.build_transaction().run",
+            run: |conn, ran, reg| {
+                Box::pin(
+                    conn.build_transaction()
+                        .run(async move |c| body(c, ran, reg).await),
+                )
+            },
+            source: Source::Plain,
+        },
+        EntryPoint {
+            name: "conn.build_transaction().immediate().run",
+            run: |conn, ran, reg| {
+                Box::pin(
+                    conn.build_transaction()
+                        .immediate()
+                        .run(async move |c| body(c, ran, reg).await),
+                )
+            },
+            source: Source::Plain,
+        },
+        EntryPoint {
+            name: "conn.immediate_transaction",
+            run: |conn, ran, reg| {
+                Box::pin(conn.immediate_transaction(async move |c| body(c, ran, reg).await))
+            },
+            source: Source::Plain,
+        },
+        EntryPoint {
+            name: "conn.exclusive_transaction",
+            run: |conn, ran, reg| {
+                Box::pin(conn.exclusive_transaction(async move |c| body(c, ran, reg).await))
+            },
+            source: Source::Plain,
+        },
+        EntryPoint {
+            name: "conn.transaction_with_retry",
+            run: |conn, ran, reg| {
+                Box::pin(async move {
+                    conn.transaction_with_retry(&policy(), async move |c| {
+                        body(c, ran.clone(), reg.clone()).await
+                    })
+                    .await
+                })
+            },
+            source: Source::Plain,
+        },
+        EntryPoint {
+            // The first attempt writes, then fails with a retryable error:
+            // the matrix also drops the future during that attempt, its
+            // rollback, the backoff and the second attempt.
+            name: "conn.transaction_with_retry, the first attempt failing",
+            run: |conn, ran, reg| {
+                Box::pin(async move {
+                    let mut first = true;
+                    conn.transaction_with_retry(&policy(), async move |c| {
+                        if std::mem::take(&mut first) {
+                            insert(c, 1).await?;
+                            tokio::task::yield_now().await;
+                            return Err(Error::DatabaseError(
+                                DatabaseErrorKind::SerializationFailure,
+                                Box::new("forced serialization failure".to_string()),
+                            ));
+                        }
+                        body(c, ran.clone(), reg.clone()).await
+                    })
+                    .await
+                })
+            },
+            source: Source::Plain,
+        },
+        EntryPoint {
+            name: "conn.build_transaction().immediate().retry(..).run",
+            run: |conn, ran, reg| {
+                Box::pin(
+                    conn.build_transaction()
+                        .immediate()
+                        .retry(policy())
+                        .run(async move |c| body(c, ran.clone(), reg.clone()).await),
+                )
+            },
+            source: Source::Plain,
+        },
+        EntryPoint {
+            name: "#[atomic(immediate, retry = 3)] async fn",
+            run: |conn, ran, reg| Box::pin(atomic_immediate_retry(conn, ran, reg)),
             source: Source::Plain,
         },
     ];

@@ -990,3 +990,334 @@ async fn generic_atomic_fn_on_the_wrapper_runs_on_rollback_promptly_when_dropped
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(log.get(), want);
 }
+
+// ---------------------------------------------------------------------------
+// Transaction options on an `async fn` (M1): `immediate` on SQLite, `retry`
+// (feature `tokio`); `isolation`, `read_only`, `deferrable` on PostgreSQL and
+// MySQL below. Options run on the async wrapper.
+
+mod options {
+    use super::*;
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+    use diesel_on_commit::RetryPolicy;
+    use std::cell::Cell;
+
+    type DbConn = AsyncHookedConnection<AsyncSqlite>;
+
+    /// A wrapped SQLite database in a file (another connection can see its
+    /// locks), with `orders`, and its path.
+    async fn file_db() -> (DbConn, String) {
+        let dir = std::env::temp_dir().join(unique("async-options"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = dir.join("db.sqlite").to_str().unwrap().to_owned();
+        let mut conn = DbConn::establish(&url).await.unwrap();
+        conn.batch_execute(SCHEMA).await.unwrap();
+        (conn, url)
+    }
+
+    /// Whether another connection could take the write lock right now.
+    fn other_can_write(url: &str) -> bool {
+        let mut other = SqliteConnection::establish(url).unwrap();
+        other.batch_execute("PRAGMA busy_timeout = 0").unwrap();
+        match other.batch_execute("BEGIN IMMEDIATE") {
+            Ok(()) => {
+                other.batch_execute("ROLLBACK").unwrap();
+                true
+            }
+            Err(e) => {
+                assert!(e.to_string().contains("database is locked"), "{e}");
+                false
+            }
+        }
+    }
+
+    async fn insert(conn: &mut DbConn, id: i32) -> QueryResult<usize> {
+        diesel::insert_into(orders::table)
+            .values((orders::id.eq(id), orders::customer.eq("c")))
+            .execute(conn)
+            .await
+    }
+
+    async fn ids(conn: &mut DbConn) -> Vec<i32> {
+        orders::table
+            .select(orders::id)
+            .order(orders::id)
+            .load(conn)
+            .await
+            .unwrap()
+    }
+
+    #[atomic(immediate)]
+    async fn immediate_order(
+        conn: &mut DbConn,
+        url: &str,
+        log: &Log,
+        id: i32,
+    ) -> QueryResult<bool> {
+        // Before any statement of this transaction: the write lock is held.
+        let other_could_write = other_can_write(url);
+        insert(conn, id).await?;
+        conn.on_commit(log.hook("committed"));
+        Ok(other_could_write)
+    }
+
+    #[atomic]
+    async fn deferred_order(conn: &mut DbConn, url: &str, log: &Log, id: i32) -> QueryResult<bool> {
+        let other_could_write = other_can_write(url);
+        insert(conn, id).await?;
+        conn.on_commit(log.hook("committed"));
+        Ok(other_could_write)
+    }
+
+    #[tokio::test]
+    async fn immediate_takes_the_write_lock_at_begin_and_commits_with_hooks() {
+        let (mut conn, url) = file_db().await;
+        let log = Log::new();
+        assert!(deferred_order(&mut conn, &url, &log, 1).await.unwrap());
+        assert!(!immediate_order(&mut conn, &url, &log, 2).await.unwrap());
+        assert_eq!(log.get(), ["committed", "committed"]);
+        assert_eq!(ids(&mut conn).await, [1, 2]);
+    }
+
+    #[atomic(immediate)]
+    async fn immediate_fails(conn: &mut DbConn, log: &Log) -> QueryResult<()> {
+        insert(conn, 7).await?;
+        conn.on_commit(log.hook("never"));
+        conn.on_rollback_async(later(log, "rolled back"));
+        Err(Error::RollbackTransaction)
+    }
+
+    #[tokio::test]
+    async fn immediate_rolls_back_on_err_and_drops_the_hooks() {
+        let (mut conn, _url) = file_db().await;
+        let log = Log::new();
+        assert!(immediate_fails(&mut conn, &log).await.is_err());
+        assert_eq!(log.get(), ["rolled back"]);
+        assert!(ids(&mut conn).await.is_empty());
+        assert!(!conn.in_transaction());
+    }
+
+    #[atomic(immediate)]
+    async fn immediate_panics(conn: &mut DbConn, log: &Log) -> QueryResult<()> {
+        insert(conn, 8).await?;
+        conn.on_rollback(log.hook("rolled back"));
+        panic!("boom in an immediate transaction");
+    }
+
+    #[tokio::test]
+    async fn a_panic_under_options_rolls_back_and_the_connection_stays_usable() {
+        let (mut conn, url) = file_db().await;
+        let log = Log::new();
+        let caught = AssertUnwindSafe(immediate_panics(&mut conn, &log));
+        let r = futures_catch_unwind(caught).await;
+        assert!(r.is_err());
+        assert_eq!(log.get(), ["rolled back"]);
+        assert!(!conn.in_transaction());
+        assert!(!immediate_order(&mut conn, &url, &log, 9).await.unwrap());
+        assert_eq!(ids(&mut conn).await, [9]);
+    }
+
+    async fn futures_catch_unwind<F: Future>(
+        fut: AssertUnwindSafe<F>,
+    ) -> std::thread::Result<F::Output> {
+        let mut fut = pin!(fut.0);
+        std::future::poll_fn(move |cx| {
+            match panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+                Ok(Poll::Pending) => Poll::Pending,
+                Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+                Err(payload) => Poll::Ready(Err(payload)),
+            }
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn options_inside_an_open_transaction_return_already_in_transaction_without_running() {
+        let (mut conn, url) = file_db().await;
+        let log = Log::new();
+        conn.transaction(async |conn| -> QueryResult<()> {
+            let r = immediate_order(conn, &url, &log, 1).await;
+            assert!(matches!(r, Err(Error::AlreadyInTransaction)), "{r:?}");
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert!(log.get().is_empty(), "the body did not run");
+    }
+
+    #[tokio::test]
+    async fn options_inside_a_test_transaction_run_in_a_savepoint_without_them() {
+        let mut conn = async_sqlite().await;
+        conn.batch_execute(SCHEMA).await.unwrap();
+        conn.begin_test_transaction().await.unwrap();
+        let log = Log::new();
+        // ":memory:" has no other connection: `other_can_write` is not used.
+        #[atomic(immediate)]
+        async fn order(conn: &mut DbConn, log: &Log) -> QueryResult<()> {
+            insert(conn, 3).await?;
+            conn.on_commit(log.hook("committed"));
+            Ok(())
+        }
+        order(&mut conn, &log).await.unwrap();
+        assert_eq!(log.get(), ["committed"], "the savepoint's release fires");
+    }
+
+    fn serialization_failure() -> Error {
+        Error::DatabaseError(
+            DatabaseErrorKind::SerializationFailure,
+            Box::new(String::from("could not serialize access (simulated)")),
+        )
+    }
+
+    #[cfg(feature = "tokio")]
+    #[atomic(retry = 3)]
+    async fn flaky_order(
+        conn: &mut DbConn,
+        attempts: &Cell<u32>,
+        fail: u32,
+        log: &Log,
+    ) -> QueryResult<u32> {
+        let n = attempts.get() + 1;
+        attempts.set(n);
+        insert(conn, n as i32).await?;
+        let l = log.clone();
+        conn.on_commit(move || l.push(format!("commit {n}")));
+        let l = log.clone();
+        conn.on_rollback_async(async move { l.push(format!("rollback {n}")) });
+        if n <= fail {
+            return Err(serialization_failure());
+        }
+        Ok(n)
+    }
+
+    #[cfg(feature = "tokio")]
+    #[tokio::test]
+    async fn retry_reruns_the_body_and_fires_only_the_committed_attempt() {
+        let mut conn = async_sqlite().await;
+        conn.batch_execute(SCHEMA).await.unwrap();
+        let (attempts, log) = (Cell::new(0), Log::new());
+        assert_eq!(flaky_order(&mut conn, &attempts, 2, &log).await.unwrap(), 3);
+        assert_eq!(log.get(), ["rollback 1", "rollback 2", "commit 3"]);
+        assert_eq!(
+            ids(&mut conn).await,
+            [3],
+            "failed attempts were rolled back"
+        );
+    }
+
+    #[cfg(feature = "tokio")]
+    #[tokio::test]
+    async fn retry_gives_up_after_n_attempts_and_returns_the_last_error() {
+        let mut conn = async_sqlite().await;
+        conn.batch_execute(SCHEMA).await.unwrap();
+        let (attempts, log) = (Cell::new(0), Log::new());
+        let r = flaky_order(&mut conn, &attempts, 10, &log).await;
+        assert!(
+            matches!(
+                r,
+                Err(Error::DatabaseError(
+                    DatabaseErrorKind::SerializationFailure,
+                    _
+                ))
+            ),
+            "{r:?}"
+        );
+        assert_eq!(attempts.get(), 3);
+        assert_eq!(log.get(), ["rollback 1", "rollback 2", "rollback 3"]);
+    }
+
+    #[cfg(feature = "tokio")]
+    #[tokio::test]
+    async fn retry_inside_an_open_transaction_runs_once_and_returns_the_error_unchanged() {
+        let mut conn = async_sqlite().await;
+        conn.batch_execute(SCHEMA).await.unwrap();
+        let (attempts, log) = (Cell::new(0), Log::new());
+        conn.transaction(async |conn| -> QueryResult<()> {
+            let r = flaky_order(conn, &attempts, 10, &log).await;
+            assert!(r.is_err());
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(attempts.get(), 1, "a savepoint is never retried");
+        assert_eq!(log.get(), ["rollback 1"]);
+    }
+
+    #[cfg(feature = "tokio")]
+    #[atomic(durable, immediate, retry = RetryPolicy::attempts(4).backoff(Duration::from_millis(1), Duration::from_millis(2)))]
+    async fn durable_immediate_flaky(conn: &mut DbConn, attempts: &Cell<u32>) -> QueryResult<u32> {
+        attempts.set(attempts.get() + 1);
+        if attempts.get() < 3 {
+            return Err(serialization_failure());
+        }
+        insert(conn, 1).await?;
+        Ok(attempts.get())
+    }
+
+    #[cfg(feature = "tokio")]
+    #[tokio::test]
+    async fn durable_immediate_with_a_retry_policy() {
+        let (mut conn, _url) = file_db().await;
+        let attempts = Cell::new(0);
+        assert_eq!(
+            durable_immediate_flaky(&mut conn, &attempts).await.unwrap(),
+            3
+        );
+        let attempts = Cell::new(0);
+        conn.transaction(async |conn| -> QueryResult<()> {
+            let r = durable_immediate_flaky(conn, &attempts).await;
+            assert!(matches!(r, Err(Error::AlreadyInTransaction)), "{r:?}");
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(attempts.get(), 0, "durable refused before running");
+    }
+
+    /// A retrying `#[atomic]` future is `Send` when its body's is: it can be
+    /// spawned (the `retry_loop!` comment in options/async_builder.rs).
+    /// Its parameters besides the connection must be owned (`String`,
+    /// `Arc<T>`, `Copy` values): with a reference parameter (`&Log`, even a
+    /// `&'static str`, or `&self`) rustc rejects the spawned future as not
+    /// `Send` ("implementation of `Send` is not general enough"; README,
+    /// Known limits).
+    #[cfg(feature = "tokio")]
+    #[atomic(immediate, retry = 2)]
+    async fn sendable(conn: &mut DbConn, id: i32, customer: String) -> QueryResult<i32> {
+        diesel::insert_into(orders::table)
+            .values((orders::id.eq(id), orders::customer.eq(customer.clone())))
+            .execute(conn)
+            .await?;
+        Ok(id)
+    }
+
+    #[cfg(feature = "tokio")]
+    #[atomic(retry = 2)]
+    async fn sendable_shared(conn: &mut DbConn, id: i32, log: Arc<Log>) -> QueryResult<i32> {
+        conn.on_commit(log.hook("shared"));
+        insert(conn, id).await?;
+        Ok(id)
+    }
+
+    #[cfg(feature = "tokio")]
+    #[tokio::test]
+    async fn retrying_futures_with_options_are_send() {
+        let (mut conn, _url) = file_db().await;
+        let shared = Log::new();
+        let log = Arc::new(shared.clone());
+        let id = tokio::spawn(async move {
+            let fut = sendable(&mut conn, 5, "ada".into());
+            assert_send(&fut);
+            let id = fut.await?;
+            let fut = sendable_shared(&mut conn, 6, log);
+            assert_send(&fut);
+            Ok::<_, Error>(id + fut.await?)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(id, 11);
+        assert_eq!(shared.get(), ["shared"]);
+    }
+}

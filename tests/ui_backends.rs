@@ -15,4 +15,7 @@
 fn options_a_backend_lacks_are_compile_errors_that_say_what_to_write() {
     let t = trybuild::TestCases::new();
     t.compile_fail("tests/ui/backends/*.rs");
+    // The same on an `async fn` (the async wrapper's connection types).
+    #[cfg(all(feature = "async", feature = "tokio"))]
+    t.compile_fail("tests/ui/backends/async/*.rs");
 }

@@ -51,6 +51,11 @@ pub use crate::backends::sqlite::SqliteTransactionMode;
 pub use crate::hooked::connection::HookedConnection;
 pub use crate::hooked::manager::HookedTransactionManager;
 pub use crate::hooked::testing::CapturedHooks;
+#[cfg(feature = "async")]
+#[doc(hidden)]
+pub use crate::options::async_builder::AsyncBeginSql;
+#[cfg(feature = "async")]
+pub use crate::options::async_builder::AsyncTransactionBuilder;
 #[doc(hidden)]
 pub use crate::options::builder::IsolationAndReadMode;
 pub use crate::options::builder::{BeginStatement, IsolationLevel, NoRetry, TransactionBuilder};
@@ -94,6 +99,8 @@ pub mod prelude {
 pub mod __private {
     #[cfg(feature = "async")]
     pub use crate::macro_support::async_atomic::*;
+    #[cfg(feature = "async")]
+    pub use crate::macro_support::async_atomic_options::*;
     pub use crate::macro_support::atomic::{atomic, AtomicReturn};
     pub use crate::macro_support::atomic_options::*;
     pub use crate::macro_support::conn_arg::{OnCommitConnection, WrappedConnection};

@@ -69,6 +69,25 @@ impl<C> std::fmt::Debug for AsyncHookedTransactionManager<C> {
     }
 }
 
+/// How a level is opened on the inner connection: `C`'s own manager
+/// ([`PlainBegin`]: `BEGIN` or a savepoint), or a `BEGIN` with transaction
+/// options (`options/builder.rs`). The wrapper's guards are around it
+/// either way.
+pub(crate) trait BeginLevel<C: AsyncConnection> {
+    /// Opens the level on `inner`.
+    fn begin(&self, inner: &mut C) -> impl std::future::Future<Output = QueryResult<()>> + Send;
+}
+
+/// `C`'s own `begin_transaction`.
+pub(crate) struct PlainBegin;
+
+impl<C: AsyncConnection> BeginLevel<C> for PlainBegin {
+    #[inline]
+    fn begin(&self, inner: &mut C) -> impl std::future::Future<Output = QueryResult<()>> + Send {
+        Inner::<C>::begin_transaction(inner)
+    }
+}
+
 /// Why hooks that were due did not run where they should have.
 const DROPPED_AFTER_COMMIT: &str =
     "the caller's future was dropped after COMMIT succeeded, while hooks ran";
@@ -338,7 +357,22 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
         F: for<'r> AsyncHookFn<&'r mut AsyncHookedConnection<C>, Result<R, E>>,
         E: From<Error>,
     {
-        Self::begin(conn).await?;
+        Self::run_with(conn, &PlainBegin, callback).await
+    }
+
+    /// `run`, with the level opened by `begin` (a `BEGIN` with transaction
+    /// options): the same guards, the same rules.
+    pub(crate) async fn run_with<B, F, R, E>(
+        conn: &mut AsyncHookedConnection<C>,
+        begin: &B,
+        callback: F,
+    ) -> Result<R, E>
+    where
+        B: BeginLevel<C>,
+        F: for<'r> AsyncHookFn<&'r mut AsyncHookedConnection<C>, Result<R, E>>,
+        E: From<Error>,
+    {
+        Self::begin(conn, begin).await?;
         let level = conn.state.levels();
         let mut guard = InFlight::new(
             conn,
@@ -394,13 +428,16 @@ impl<C: AsyncConnection> AsyncHookedTransactionManager<C> {
 
     /// Opens a level; the wrapper's level count follows only if it
     /// succeeded.
-    async fn begin(conn: &mut AsyncHookedConnection<C>) -> QueryResult<()> {
+    async fn begin<B: BeginLevel<C>>(
+        conn: &mut AsyncHookedConnection<C>,
+        begin: &B,
+    ) -> QueryResult<()> {
         conn.check_levels();
         run_due!(conn);
         let was_checked = conn.state.is_checked();
         conn.state.touched();
         let mut step = InFlight::new(conn, 0, "the future of a BEGIN was dropped while it ran");
-        let result = Inner::<C>::begin_transaction(&mut step.conn.inner).await;
+        let result = begin.begin(&mut step.conn.inner).await;
         step.armed = false;
         step.conn.state.observe_step(&result);
         result?;
@@ -561,7 +598,7 @@ impl<C: AsyncConnection> TransactionManager<AsyncHookedConnection<C>>
     /// Begins a transaction or savepoint on the inner connection; on success
     /// the wrapper opens level `d + 1`, which holds no hook yet.
     async fn begin_transaction(conn: &mut AsyncHookedConnection<C>) -> QueryResult<()> {
-        Self::begin(conn).await
+        Self::begin(conn, &PlainBegin).await
     }
 
     /// Rolls back the innermost level (rule 4); its `on_rollback` hooks are

@@ -39,6 +39,13 @@ pub struct MysqlTransactionOptions {
 
 impl BeginStatement<MysqlConnection> for MysqlTransactionOptions {
     fn begin_sql(&self, _conn: &mut MysqlConnection) -> QueryResult<String> {
+        Ok(self.sql())
+    }
+}
+
+impl MysqlTransactionOptions {
+    /// The statements, the same for the sync and the async connection.
+    fn sql(&self) -> String {
         let mut sql = String::new();
         if let Some(level) = self.isolation {
             sql.push_str(match level {
@@ -66,7 +73,7 @@ impl BeginStatement<MysqlConnection> for MysqlTransactionOptions {
             }
             None => {}
         }
-        Ok(sql)
+        sql
     }
 }
 
@@ -163,5 +170,109 @@ impl ReadOnlyFor<MysqlConnection> for ReadOnly {
     type Begin = MysqlBegin;
     fn __on(&self) -> bool {
         true
+    }
+}
+
+// The async wrapper (diesel-async's `AsyncMysqlConnection`).
+
+#[cfg(feature = "async")]
+mod async_mysql {
+    use diesel::result::QueryResult;
+    use diesel_async::AsyncMysqlConnection;
+
+    use super::MysqlTransactionOptions;
+    use crate::async_hooked::connection::AsyncHookedConnection;
+    use crate::macro_support::async_atomic_options::{
+        AsyncBeginWith, AsyncIsolationFor, AsyncReadOnlyFor,
+    };
+    use crate::macro_support::atomic_options::{Isolation, ReadOnly, Resolved};
+    use crate::options::async_builder::{AsyncBeginSql, AsyncTransactionBuilder};
+    use crate::options::builder::BeginStatement;
+    use crate::options::builder::IsolationLevel;
+
+    impl BeginStatement<AsyncMysqlConnection> for MysqlTransactionOptions {
+        fn begin_sql(&self, _conn: &mut AsyncMysqlConnection) -> QueryResult<String> {
+            Ok(self.sql())
+        }
+    }
+
+    impl AsyncBeginSql for AsyncMysqlConnection {
+        async fn __begin_transaction_sql(&mut self, sql: &str) -> QueryResult<()> {
+            diesel_async::AnsiTransactionManager::begin_transaction_sql(self, sql).await
+        }
+    }
+
+    impl AsyncHookedConnection<AsyncMysqlConnection> {
+        /// A transaction with MySQL options through the wrapper (isolation
+        /// level, read mode, consistent snapshot), with every hook rule and
+        /// the panic and cancellation guards of
+        /// [`transaction`](Self::transaction):
+        ///
+        /// ```no_run
+        /// # use diesel::prelude::*;
+        /// # use diesel_async::AsyncMysqlConnection;
+        /// # use diesel_on_commit::{AsyncHookedConnection, RetryPolicy};
+        /// # async fn f(conn: &mut AsyncHookedConnection<AsyncMysqlConnection>) -> QueryResult<()> {
+        /// conn.build_transaction()
+        ///     .repeatable_read()
+        ///     .with_consistent_snapshot()
+        ///     .read_only()
+        ///     .run(async |conn| Ok(()))
+        ///     .await
+        /// # }
+        /// ```
+        pub fn build_transaction(
+            &mut self,
+        ) -> AsyncTransactionBuilder<'_, AsyncMysqlConnection, MysqlTransactionOptions> {
+            AsyncTransactionBuilder::new(self, MysqlTransactionOptions::default())
+        }
+    }
+
+    impl<R> AsyncTransactionBuilder<'_, AsyncMysqlConnection, MysqlTransactionOptions, R> {
+        /// `WITH CONSISTENT SNAPSHOT`
+        pub fn with_consistent_snapshot(mut self) -> Self {
+            self.options.consistent_snapshot = true;
+            self
+        }
+    }
+
+    // What `#[atomic(..)] async fn` options on this backend call.
+
+    /// `conn.build_transaction()` of the async wrapper, for `#[atomic]`.
+    #[doc(hidden)]
+    #[derive(Debug)]
+    pub struct AsyncMysqlBegin;
+
+    impl AsyncBeginWith<AsyncMysqlConnection> for AsyncMysqlBegin {
+        fn __sql(_: &mut AsyncMysqlConnection, options: &Resolved) -> QueryResult<String> {
+            Ok(MysqlTransactionOptions {
+                isolation: options.isolation,
+                read_only: options.read_only.then_some(true),
+                consistent_snapshot: false,
+            }
+            .sql())
+        }
+        fn __begin(
+            conn: &mut AsyncMysqlConnection,
+            sql: &str,
+        ) -> impl std::future::Future<Output = QueryResult<()>> + Send {
+            conn.__begin_transaction_sql(sql)
+        }
+    }
+
+    #[diagnostic::do_not_recommend]
+    impl AsyncIsolationFor<AsyncMysqlConnection> for Isolation {
+        type Begin = AsyncMysqlBegin;
+        fn __level(&self) -> Option<IsolationLevel> {
+            Some(self.0)
+        }
+    }
+
+    #[diagnostic::do_not_recommend]
+    impl AsyncReadOnlyFor<AsyncMysqlConnection> for ReadOnly {
+        type Begin = AsyncMysqlBegin;
+        fn __on(&self) -> bool {
+            true
+        }
     }
 }

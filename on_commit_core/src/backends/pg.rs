@@ -244,3 +244,144 @@ impl DeferrableFor<PgConnection> for Deferrable {
         true
     }
 }
+
+// The async wrapper (diesel-async's `AsyncPgConnection`).
+
+#[cfg(feature = "async")]
+mod async_pg {
+    use diesel::pg::{Pg, PgQueryBuilder};
+    use diesel::query_builder::{QueryBuilder, QueryFragment};
+    use diesel::result::QueryResult;
+    use diesel_async::AsyncPgConnection;
+
+    use super::PgTransactionOptions;
+    use crate::async_hooked::connection::AsyncHookedConnection;
+    use crate::macro_support::async_atomic_options::{
+        AsyncBeginWith, AsyncDeferrableFor, AsyncIsolationFor, AsyncReadOnlyFor,
+    };
+    use crate::macro_support::atomic_options::{Deferrable, Isolation, ReadOnly, Resolved};
+    use crate::options::async_builder::{AsyncBeginSql, AsyncTransactionBuilder};
+    use crate::options::builder::{BeginStatement, IsolationLevel};
+
+    /// Rendered by diesel-async's own `TransactionBuilder`.
+    impl BeginStatement<AsyncPgConnection> for PgTransactionOptions {
+        fn begin_sql(&self, conn: &mut AsyncPgConnection) -> QueryResult<String> {
+            let mut builder = conn.build_transaction();
+            builder = match self.isolation {
+                Some(IsolationLevel::ReadCommitted) => builder.read_committed(),
+                Some(IsolationLevel::RepeatableRead) => builder.repeatable_read(),
+                Some(IsolationLevel::Serializable) => builder.serializable(),
+                None => builder,
+            };
+            builder = match self.read_only {
+                Some(true) => builder.read_only(),
+                Some(false) => builder.read_write(),
+                None => builder,
+            };
+            builder = match self.deferrable {
+                Some(true) => builder.deferrable(),
+                Some(false) => builder.not_deferrable(),
+                None => builder,
+            };
+            let mut sql = PgQueryBuilder::default();
+            builder.to_sql(&mut sql, &Pg)?;
+            Ok(sql.finish())
+        }
+    }
+
+    impl AsyncBeginSql for AsyncPgConnection {
+        async fn __begin_transaction_sql(&mut self, sql: &str) -> QueryResult<()> {
+            diesel_async::AnsiTransactionManager::begin_transaction_sql(self, sql).await
+        }
+    }
+
+    impl AsyncHookedConnection<AsyncPgConnection> {
+        /// A transaction with PostgreSQL options, diesel-async's
+        /// `AsyncPgConnection::build_transaction` (which renders the SQL)
+        /// through the wrapper, with every hook rule and the panic and
+        /// cancellation guards of [`transaction`](Self::transaction):
+        ///
+        /// ```no_run
+        /// # use diesel::prelude::*;
+        /// # use diesel_async::AsyncPgConnection;
+        /// # use diesel_on_commit::{AsyncHookedConnection, RetryPolicy};
+        /// # async fn f(conn: &mut AsyncHookedConnection<AsyncPgConnection>) -> QueryResult<()> {
+        /// conn.build_transaction()
+        ///     .serializable()
+        ///     .read_write()
+        ///     .retry(RetryPolicy::attempts(5)) // feature `tokio`
+        ///     .run(async |conn| {
+        ///         conn.on_commit(|| println!("committed, once"));
+        ///         Ok(())
+        ///     })
+        ///     .await
+        /// # }
+        /// ```
+        pub fn build_transaction(
+            &mut self,
+        ) -> AsyncTransactionBuilder<'_, AsyncPgConnection, PgTransactionOptions> {
+            AsyncTransactionBuilder::new(self, PgTransactionOptions::default())
+        }
+    }
+
+    impl<R> AsyncTransactionBuilder<'_, AsyncPgConnection, PgTransactionOptions, R> {
+        /// `DEFERRABLE` (with `SERIALIZABLE READ ONLY`: waits for a safe snapshot)
+        pub fn deferrable(mut self) -> Self {
+            self.options.deferrable = Some(true);
+            self
+        }
+        /// `NOT DEFERRABLE`
+        pub fn not_deferrable(mut self) -> Self {
+            self.options.deferrable = Some(false);
+            self
+        }
+    }
+
+    // What `#[atomic(..)] async fn` options on this backend call.
+
+    /// `conn.build_transaction()` of the async wrapper, for `#[atomic]`.
+    #[doc(hidden)]
+    #[derive(Debug)]
+    pub struct AsyncPgBegin;
+
+    impl AsyncBeginWith<AsyncPgConnection> for AsyncPgBegin {
+        fn __sql(conn: &mut AsyncPgConnection, options: &Resolved) -> QueryResult<String> {
+            PgTransactionOptions {
+                isolation: options.isolation,
+                read_only: options.read_only.then_some(true),
+                deferrable: options.deferrable.then_some(true),
+            }
+            .begin_sql(conn)
+        }
+        fn __begin(
+            conn: &mut AsyncPgConnection,
+            sql: &str,
+        ) -> impl std::future::Future<Output = QueryResult<()>> + Send {
+            conn.__begin_transaction_sql(sql)
+        }
+    }
+
+    #[diagnostic::do_not_recommend]
+    impl AsyncIsolationFor<AsyncPgConnection> for Isolation {
+        type Begin = AsyncPgBegin;
+        fn __level(&self) -> Option<IsolationLevel> {
+            Some(self.0)
+        }
+    }
+
+    #[diagnostic::do_not_recommend]
+    impl AsyncReadOnlyFor<AsyncPgConnection> for ReadOnly {
+        type Begin = AsyncPgBegin;
+        fn __on(&self) -> bool {
+            true
+        }
+    }
+
+    #[diagnostic::do_not_recommend]
+    impl AsyncDeferrableFor<AsyncPgConnection> for Deferrable {
+        type Begin = AsyncPgBegin;
+        fn __on(&self) -> bool {
+            true
+        }
+    }
+}

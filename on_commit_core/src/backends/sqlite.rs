@@ -39,12 +39,17 @@ pub enum SqliteTransactionMode {
 
 impl BeginStatement<SqliteConnection> for SqliteTransactionMode {
     fn begin_sql(&self, _conn: &mut SqliteConnection) -> QueryResult<String> {
-        Ok(match self {
+        Ok(self.sql().to_owned())
+    }
+}
+
+impl SqliteTransactionMode {
+    fn sql(self) -> &'static str {
+        match self {
             SqliteTransactionMode::Deferred => "BEGIN",
             SqliteTransactionMode::Immediate => "BEGIN IMMEDIATE",
             SqliteTransactionMode::Exclusive => "BEGIN EXCLUSIVE",
         }
-        .to_owned())
     }
 }
 
@@ -185,5 +190,144 @@ impl ImmediateFor<SqliteConnection> for Immediate {
     type Begin = SqliteBegin;
     fn __on(&self) -> bool {
         true
+    }
+}
+
+// The async wrapper (diesel-async's `SyncConnectionWrapper<SqliteConnection>`).
+
+#[cfg(feature = "async")]
+mod async_sqlite {
+    use diesel::connection::AnsiTransactionManager;
+    use diesel::result::{Error, QueryResult};
+    use diesel::sqlite::SqliteConnection;
+    use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+
+    use super::SqliteTransactionMode;
+    use crate::async_hooked::connection::AsyncHookedConnection;
+    use crate::macro_support::async_atomic_options::{AsyncBeginWith, AsyncImmediateFor};
+    use crate::macro_support::atomic_options::{Immediate, Resolved};
+    use crate::options::async_builder::{AsyncBeginSql, AsyncTransactionBuilder};
+    use crate::options::builder::BeginStatement;
+    use crate::transaction_hooks::AsyncHookFn;
+
+    type Conn = SyncConnectionWrapper<SqliteConnection>;
+
+    impl BeginStatement<Conn> for SqliteTransactionMode {
+        fn begin_sql(&self, _conn: &mut Conn) -> QueryResult<String> {
+            Ok(self.sql().to_owned())
+        }
+    }
+
+    impl AsyncBeginSql for Conn {
+        async fn __begin_transaction_sql(&mut self, sql: &str) -> QueryResult<()> {
+            let sql = sql.to_owned();
+            self.spawn_blocking(move |inner| {
+                AnsiTransactionManager::begin_transaction_sql(inner, &sql)
+            })
+            .await
+        }
+    }
+
+    impl AsyncHookedConnection<Conn> {
+        /// A transaction with a SQLite locking mode (and, feature `tokio`,
+        /// a retry policy for `SQLITE_BUSY`), with every hook rule and the
+        /// panic and cancellation guards of
+        /// [`transaction`](Self::transaction):
+        ///
+        /// ```
+        /// # use diesel::prelude::*;
+        /// # use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+        /// # use diesel_async::AsyncConnection;
+        /// use diesel_on_commit::{AsyncHookedConnection, RetryPolicy};
+        ///
+        /// # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+        /// let mut conn: AsyncHookedConnection<SyncConnectionWrapper<SqliteConnection>> =
+        ///     AsyncHookedConnection::establish(":memory:").await?;
+        /// conn.build_transaction()
+        ///     .immediate()
+        ///     .retry(RetryPolicy::attempts(5)) // SQLITE_BUSY; feature `tokio`
+        ///     .run(async move |conn| {
+        ///         conn.on_commit(|| println!("committed, once"));
+        ///         diesel::result::QueryResult::Ok(())
+        ///     })
+        ///     .await?;
+        /// # Ok::<(), Box<dyn std::error::Error>>(())
+        /// # })?;
+        /// # Ok::<(), Box<dyn std::error::Error>>(())
+        /// ```
+        pub fn build_transaction(
+            &mut self,
+        ) -> AsyncTransactionBuilder<'_, Conn, SqliteTransactionMode> {
+            AsyncTransactionBuilder::new(self, SqliteTransactionMode::Deferred)
+        }
+
+        /// diesel-async's `SyncConnectionWrapper::immediate_transaction`
+        /// through the wrapper: `BEGIN IMMEDIATE`, with every hook rule and
+        /// the panic and cancellation guards (which diesel-async's own
+        /// lacks).
+        pub async fn immediate_transaction<T, E, F>(&mut self, body: F) -> Result<T, E>
+        where
+            F: for<'r> AsyncHookFn<&'r mut Self, Result<T, E>>,
+            E: From<Error>,
+        {
+            self.build_transaction().immediate().run(body).await
+        }
+
+        /// diesel-async's `SyncConnectionWrapper::exclusive_transaction`
+        /// through the wrapper: `BEGIN EXCLUSIVE`, with every hook rule and
+        /// the panic and cancellation guards.
+        pub async fn exclusive_transaction<T, E, F>(&mut self, body: F) -> Result<T, E>
+        where
+            F: for<'r> AsyncHookFn<&'r mut Self, Result<T, E>>,
+            E: From<Error>,
+        {
+            self.build_transaction().exclusive().run(body).await
+        }
+    }
+
+    impl<R> AsyncTransactionBuilder<'_, Conn, SqliteTransactionMode, R> {
+        /// `BEGIN IMMEDIATE`
+        pub fn immediate(mut self) -> Self {
+            self.options = SqliteTransactionMode::Immediate;
+            self
+        }
+        /// `BEGIN EXCLUSIVE`
+        pub fn exclusive(mut self) -> Self {
+            self.options = SqliteTransactionMode::Exclusive;
+            self
+        }
+    }
+
+    // What `#[atomic(immediate)] async fn` calls.
+
+    /// `conn.build_transaction().immediate()` of the async wrapper, for
+    /// `#[atomic]`.
+    #[doc(hidden)]
+    #[derive(Debug)]
+    pub struct AsyncSqliteBegin;
+
+    impl AsyncBeginWith<Conn> for AsyncSqliteBegin {
+        fn __sql(conn: &mut Conn, options: &Resolved) -> QueryResult<String> {
+            let mode = if options.immediate {
+                SqliteTransactionMode::Immediate
+            } else {
+                SqliteTransactionMode::Deferred
+            };
+            mode.begin_sql(conn)
+        }
+        fn __begin(
+            conn: &mut Conn,
+            sql: &str,
+        ) -> impl std::future::Future<Output = QueryResult<()>> + Send {
+            conn.__begin_transaction_sql(sql)
+        }
+    }
+
+    #[diagnostic::do_not_recommend]
+    impl AsyncImmediateFor<Conn> for Immediate {
+        type Begin = AsyncSqliteBegin;
+        fn __on(&self) -> bool {
+            true
+        }
     }
 }

@@ -124,7 +124,7 @@ pub struct Resolved {
 }
 
 impl Resolved {
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.isolation.is_none() && !self.read_only && !self.deferrable && !self.immediate
     }
 }
@@ -376,7 +376,7 @@ impl AtomicRetryPolicy for &RetryPolicy {
 
 /// An attempt's error, for the retry loop of `retry.rs` (which logs the
 /// retryable ones): the user's error type need not be `Display`.
-struct Attempt<E>(E);
+pub(crate) struct Attempt<E>(pub(crate) E);
 
 impl<E: Retryable> Retryable for Attempt<E> {
     fn diesel_error(&self) -> Option<&Error> {

@@ -176,9 +176,83 @@ impl Retryable for Box<dyn std::error::Error> {
     }
 }
 
+/// What the retry loop does after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Wait this long, then run the transaction again.
+    Retry(Duration),
+    /// Return the error.
+    GiveUp,
+}
+
+/// The retry loop's decisions, shared by the sync wrapper (which blocks for
+/// the backoff) and the async one (which awaits it): whether an error is
+/// retried, the attempt count, the deadline, the backoff delay and the log
+/// lines. The callers only run attempts and wait.
+#[derive(Debug)]
+pub(crate) struct RetryState<'p> {
+    policy: &'p RetryPolicy,
+    started: Instant,
+    /// The attempt that just ran (counts from 1).
+    attempt: u32,
+    /// Inside an open user transaction: one attempt only, error unchanged.
+    once: bool,
+}
+
+impl<'p> RetryState<'p> {
+    /// Before the first attempt. `in_transaction`: a user transaction is
+    /// open, so the call runs once (only an outermost transaction retries).
+    pub(crate) fn start(policy: &'p RetryPolicy, in_transaction: bool) -> Self {
+        Self {
+            policy,
+            started: Instant::now(),
+            attempt: 1,
+            once: in_transaction,
+        }
+    }
+
+    /// Attempt `n` failed with `error`: retry after a delay, or give up.
+    pub(crate) fn after_failure<E>(&mut self, error: &E) -> Decision
+    where
+        E: Retryable + std::fmt::Display,
+    {
+        if self.once {
+            return Decision::GiveUp;
+        }
+        let policy = self.policy;
+        let n = self.attempt;
+        let retryable = error.diesel_error().is_some_and(is_retryable);
+        let out_of_time = policy
+            .deadline
+            .is_some_and(|deadline| self.started.elapsed() >= deadline);
+        if !retryable || n >= policy.attempts || out_of_time {
+            if retryable {
+                tracing::warn!(
+                    attempt = n,
+                    "transaction failed again, not retrying: {error}"
+                );
+            }
+            return Decision::GiveUp;
+        }
+        let wait = policy.delay(n);
+        let wait = match policy.deadline {
+            Some(deadline) => wait.min(deadline.saturating_sub(self.started.elapsed())),
+            None => wait,
+        };
+        tracing::info!(
+            attempt = n,
+            next_in_ms = wait.as_millis() as u64,
+            "transaction failed with a retryable error, retrying: {error}"
+        );
+        self.attempt += 1;
+        Decision::Retry(wait)
+    }
+}
+
 /// Runs `attempt` until it succeeds, fails with an error that is not
 /// retryable, or the policy is exhausted. Inside an open user transaction it
-/// runs once.
+/// runs once. The decisions are [`RetryState`]'s; this only blocks for the
+/// backoff.
 pub(crate) fn with_retry<C, T, E, F>(
     conn: &mut HookedConnection<C>,
     policy: &RetryPolicy,
@@ -189,41 +263,16 @@ where
     F: FnMut(&mut HookedConnection<C>) -> Result<T, E>,
     E: Retryable + std::fmt::Display,
 {
-    if conn.in_transaction() {
-        return attempt(conn);
-    }
-    let started = Instant::now();
-    let mut n = 1;
+    let mut state = RetryState::start(policy, conn.in_transaction());
     loop {
         let error = match attempt(conn) {
             Ok(value) => return Ok(value),
             Err(error) => error,
         };
-        let retryable = error.diesel_error().is_some_and(is_retryable);
-        let out_of_time = policy
-            .deadline
-            .is_some_and(|deadline| started.elapsed() >= deadline);
-        if !retryable || n >= policy.attempts || out_of_time {
-            if retryable {
-                tracing::warn!(
-                    attempt = n,
-                    "transaction failed again, not retrying: {error}"
-                );
-            }
-            return Err(error);
+        match state.after_failure(&error) {
+            Decision::Retry(wait) => std::thread::sleep(wait),
+            Decision::GiveUp => return Err(error),
         }
-        let wait = policy.delay(n);
-        let wait = match policy.deadline {
-            Some(deadline) => wait.min(deadline.saturating_sub(started.elapsed())),
-            None => wait,
-        };
-        tracing::info!(
-            attempt = n,
-            next_in_ms = wait.as_millis() as u64,
-            "transaction failed with a retryable error, retrying: {error}"
-        );
-        std::thread::sleep(wait);
-        n += 1;
     }
 }
 
@@ -263,5 +312,141 @@ impl<C: Connection> HookedConnection<C> {
         E: From<Error> + Retryable + std::fmt::Display,
     {
         with_retry(self, policy, |conn| conn.transaction(&mut f))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diesel::result::DatabaseErrorKind;
+
+    fn serialization_failure() -> Error {
+        Error::DatabaseError(
+            DatabaseErrorKind::SerializationFailure,
+            Box::new(String::from("could not serialize access")),
+        )
+    }
+
+    fn deadlock() -> Error {
+        Error::DatabaseError(
+            DatabaseErrorKind::Unknown,
+            Box::new(String::from("Deadlock found when trying to get lock")),
+        )
+    }
+
+    /// A fast policy: waits of at most 2 ms.
+    fn fast(attempts: u32) -> RetryPolicy {
+        RetryPolicy::attempts(attempts).backoff(Duration::from_millis(1), Duration::from_millis(2))
+    }
+
+    #[test]
+    fn retries_until_the_attempts_are_spent() {
+        let policy = fast(3);
+        let mut state = RetryState::start(&policy, false);
+        assert!(matches!(
+            state.after_failure(&serialization_failure()),
+            Decision::Retry(_)
+        ));
+        assert_eq!(state.attempt, 2);
+        assert!(matches!(
+            state.after_failure(&deadlock()),
+            Decision::Retry(_)
+        ));
+        assert_eq!(state.attempt, 3);
+        assert_eq!(
+            state.after_failure(&serialization_failure()),
+            Decision::GiveUp,
+            "three attempts in all"
+        );
+        assert_eq!(state.attempt, 3);
+    }
+
+    #[test]
+    fn one_attempt_never_retries() {
+        for policy in [RetryPolicy::attempts(1), RetryPolicy::attempts(0)] {
+            assert_eq!(policy.max_attempts(), 1);
+            let mut state = RetryState::start(&policy, false);
+            assert_eq!(
+                state.after_failure(&serialization_failure()),
+                Decision::GiveUp
+            );
+        }
+    }
+
+    #[test]
+    fn a_non_retryable_error_gives_up_at_once() {
+        let policy = fast(5);
+        for error in [
+            Error::NotFound,
+            Error::RollbackTransaction,
+            Error::DatabaseError(
+                DatabaseErrorKind::UniqueViolation,
+                Box::new(String::from("duplicate key")),
+            ),
+        ] {
+            let mut state = RetryState::start(&policy, false);
+            assert_eq!(state.after_failure(&error), Decision::GiveUp, "{error}");
+            assert_eq!(state.attempt, 1);
+        }
+    }
+
+    #[test]
+    fn inside_a_user_transaction_it_runs_once() {
+        let policy = fast(5);
+        let mut state = RetryState::start(&policy, true);
+        assert_eq!(
+            state.after_failure(&serialization_failure()),
+            Decision::GiveUp
+        );
+        assert_eq!(state.after_failure(&deadlock()), Decision::GiveUp);
+    }
+
+    #[test]
+    fn a_passed_deadline_gives_up() {
+        let policy = fast(5).deadline(Duration::ZERO);
+        let mut state = RetryState::start(&policy, false);
+        assert_eq!(
+            state.after_failure(&serialization_failure()),
+            Decision::GiveUp
+        );
+    }
+
+    #[test]
+    fn the_wait_never_passes_the_deadline() {
+        let policy = RetryPolicy::attempts(5)
+            .backoff(Duration::from_secs(60), Duration::from_secs(60))
+            .deadline(Duration::from_millis(50));
+        for _ in 0..20 {
+            let mut state = RetryState::start(&policy, false);
+            match state.after_failure(&serialization_failure()) {
+                Decision::Retry(wait) => assert!(wait <= Duration::from_millis(50), "{wait:?}"),
+                Decision::GiveUp => panic!("the deadline has not passed"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_backoff_doubles_up_to_its_cap_with_full_jitter() {
+        let policy =
+            RetryPolicy::attempts(10).backoff(Duration::from_millis(10), Duration::from_millis(35));
+        for _ in 0..50 {
+            assert!(policy.delay(1) <= Duration::from_millis(10));
+            assert!(policy.delay(2) <= Duration::from_millis(20));
+            assert!(policy.delay(3) <= Duration::from_millis(35));
+            assert!(policy.delay(9) <= Duration::from_millis(35));
+        }
+        let zero = RetryPolicy::attempts(3).backoff(Duration::ZERO, Duration::ZERO);
+        assert_eq!(zero.delay(1), Duration::ZERO);
+    }
+
+    #[test]
+    fn boxed_errors_are_retryable_when_they_hold_a_diesel_error() {
+        let policy = fast(3);
+        let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(serialization_failure());
+        let mut state = RetryState::start(&policy, false);
+        assert!(matches!(state.after_failure(&boxed), Decision::Retry(_)));
+        let other: Box<dyn std::error::Error + Send + Sync> = "not a database error".into();
+        let mut state = RetryState::start(&policy, false);
+        assert_eq!(state.after_failure(&other), Decision::GiveUp);
     }
 }

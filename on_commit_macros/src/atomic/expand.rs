@@ -1,6 +1,7 @@
 //! Emitting: the function again, its body moved into a closure that
-//! `__private::atomic` (or `atomic_with`, `atomic_with_retry`, and
-//! `atomic_async` for an `async fn`) runs in a transaction.
+//! `__private::atomic` (or `atomic_with`, `atomic_with_retry`; for an
+//! `async fn` `atomic_async`, `atomic_async_with`, `atomic_async_with_retry`)
+//! runs in a transaction.
 //!
 //! The generated calls name their type parameters in a turbofish whose
 //! `_`s are spanned on the user's tokens: rustc then reports an
@@ -70,9 +71,12 @@ pub(super) fn emit(plan: Plan, mut func: ItemFn) -> TokenStream {
         sig,
         block,
     } = func;
-    let call = if is_async {
-        // `async fn`: options other than `conn`, `durable` and `crate`
-        // were refused in `validate`.
+    let call = if is_async && !options.is_empty() {
+        let body = quote!(async move |#closure_param| -> #ret #block);
+        emit_with_options(
+            &krate, &options, &conn_ty, &ret, conn_arg, &durable, body, true,
+        )
+    } else if is_async {
         let body = quote!(async move |#closure_param| -> #ret #block);
         let atomic_fn =
             quote_spanned!(ret_span=> #krate::__private::atomic_async::<#conn_ty, #ret, _, _>);
@@ -84,7 +88,9 @@ pub(super) fn emit(plan: Plan, mut func: ItemFn) -> TokenStream {
         quote!(#atomic_fn(#conn_arg, #durable, #body))
     } else {
         let body = quote!(move |#closure_param| -> #ret #block);
-        emit_with_options(&krate, &options, &conn_ty, &ret, conn_arg, &durable, body)
+        emit_with_options(
+            &krate, &options, &conn_ty, &ret, conn_arg, &durable, body, false,
+        )
     };
     quote! {
         #(#attrs)*
@@ -99,6 +105,7 @@ pub(super) fn emit(plan: Plan, mut func: ItemFn) -> TokenStream {
 /// spanned on the option as written (the flag's name, the isolation level,
 /// `retry`), so that an option the connection's backend lacks is reported
 /// on it.
+#[allow(clippy::too_many_arguments)]
 fn emit_with_options(
     krate: &Path,
     options: &TxOptions,
@@ -107,8 +114,19 @@ fn emit_with_options(
     conn_arg: TokenStream,
     durable: &TokenStream,
     body: TokenStream,
+    is_async: bool,
 ) -> TokenStream {
     let private = quote!(#krate::__private);
+    // An `async fn` calls the async twins and awaits them.
+    let (with, with_retry, await_) = if is_async {
+        (
+            quote!(atomic_async_with),
+            quote!(atomic_async_with_retry),
+            quote!(.await),
+        )
+    } else {
+        (quote!(atomic_with), quote!(atomic_with_retry), quote!())
+    };
     let ret_span = ret.span();
     let marker = |name: Option<&Ident>, value: TokenStream| match name {
         Some(name) => (quote_spanned!(name.span()=> _), value),
@@ -146,12 +164,12 @@ fn emit_with_options(
     match &options.retry {
         None => {
             let atomic_fn = quote_spanned! {ret_span=>
-                #private::atomic_with::<
+                #private::#with::<
                     #conn_ty, _, #result, #error_ty, #closure_ty,
                     #isolation_ty, #read_only_ty, #deferrable_ty, #immediate_ty
                 >
             };
-            quote!(#atomic_fn(#conn_arg, #durable, #tx_options, #body))
+            quote!(#atomic_fn(#conn_arg, #durable, #tx_options, #body)#await_)
         }
         Some(retry) => {
             let value = &retry.value;
@@ -170,12 +188,12 @@ fn emit_with_options(
             let retryable_ty = quote_spanned!(retry.name.span()=> _);
             let policy_ty = quote_spanned!(value.span()=> _);
             let atomic_fn = quote_spanned! {ret_span=>
-                #private::atomic_with_retry::<
+                #private::#with_retry::<
                     #conn_ty, _, #result, #error_ty, #retryable_ty, #closure_ty,
                     #isolation_ty, #read_only_ty, #deferrable_ty, #immediate_ty, #policy_ty
                 >
             };
-            quote!(#atomic_fn(#conn_arg, #durable, #tx_options, #policy, #body))
+            quote!(#atomic_fn(#conn_arg, #durable, #tx_options, #policy, #body)#await_)
         }
     }
 }

@@ -43,10 +43,9 @@ pub(super) fn validate(options: Options, func: &ItemFn) -> syn::Result<Plan> {
     let sig = &func.sig;
     refuse_const(sig)?;
     refuse_variadic(sig)?;
+    // Options on an `async fn` run on the async wrapper; the backend's
+    // support of each is the compiler's check, as for a sync `fn`.
     let is_async = sig.asyncness.is_some();
-    if is_async {
-        refuse_options_on_async_fn(&options.tx)?;
-    }
     let ret = return_type(sig)?;
     refuse_impl_trait(&ret)?;
     let named = options.conn.as_ref().map(|conn| &conn.value);
@@ -95,60 +94,6 @@ fn refuse_variadic(sig: &Signature) -> syn::Result<()> {
         sig.variadic.as_ref(),
         "`#[atomic]` cannot go on a variadic function",
     )
-}
-
-/// The transaction options and `retry` need the sync runtime (the
-/// wrapper's builders and retry loop): on an `async fn`, each is an error
-/// on the option that says what to write instead. The first one written in
-/// this order is reported.
-fn refuse_options_on_async_fn(options: &TxOptions) -> syn::Result<()> {
-    let builder = |methods: &str| {
-        format!(
-            "open the transaction with diesel-async's builder on a plain `AsyncPgConnection`, \
-             `conn.build_transaction(){methods}.run(async |conn| ..).await`"
-        )
-    };
-    let flag = |name: &Ident, instead: String| (name.to_token_stream(), name.to_string(), instead);
-    let refused = [
-        options.isolation.as_ref().map(|isolation| {
-            let (name, level) = (&isolation.name, &isolation.value.ident);
-            (
-                quote!(#name = #level),
-                format!("isolation = {level}"),
-                builder(&format!(".{level}()")),
-            )
-        }),
-        options
-            .read_only
-            .as_ref()
-            .map(|read_only| flag(&read_only.name, builder(".read_only()"))),
-        options.deferrable.as_ref().map(|deferrable| {
-            let methods = ".serializable().read_only().deferrable()";
-            flag(&deferrable.name, builder(methods))
-        }),
-        options.immediate.as_ref().map(|immediate| {
-            let instead = "open the transaction with diesel-async's \
-                           `conn.immediate_transaction(async |conn| ..).await` on a plain \
-                           `SyncConnectionWrapper<SqliteConnection>`";
-            flag(&immediate.name, instead.into())
-        }),
-        options.retry.as_ref().map(|retry| {
-            let (name, value) = (&retry.name, &retry.value);
-            let instead = "call the function again while its error is retryable \
-                           (`diesel_on_commit::is_retryable(&e)`)";
-            (quote!(#name = #value), "retry = ..".into(), instead.into())
-        }),
-    ];
-    match refused.into_iter().flatten().next() {
-        Some((option, written, instead)) => Err(syn::Error::new_spanned(
-            option,
-            format!(
-                "`#[atomic({written})]` is not supported on an `async fn` yet: remove it and \
-                 {instead}, or make the function a sync `fn`"
-            ),
-        )),
-        None => Ok(()),
-    }
 }
 
 fn return_type(sig: &Signature) -> syn::Result<Type> {

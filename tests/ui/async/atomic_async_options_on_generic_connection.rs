@@ -1,3 +1,4 @@
+// Options on an `async fn` need the async wrapper with a known backend.
 use diesel::result::QueryResult;
 use diesel_async::AsyncConnection;
 use diesel_on_commit::atomic;
@@ -22,12 +23,6 @@ async fn report<C: AsyncConnection>(conn: &mut C) -> QueryResult<i32> {
 
 #[atomic(immediate)]
 async fn reserve<C: AsyncConnection>(conn: &mut C) -> QueryResult<()> {
-    let _ = conn;
-    Ok(())
-}
-
-#[atomic(durable, retry = 5)]
-async fn go_off_call<C: AsyncConnection>(conn: &mut C) -> QueryResult<()> {
     let _ = conn;
     Ok(())
 }
