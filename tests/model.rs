@@ -67,6 +67,10 @@ enum Step {
     Orphan(u32),
     /// A statement that fails (duplicate key); the error is swallowed.
     Fail(u32),
+    /// Register an outbox hook (feature `outbox`): its row exists at the
+    /// end exactly when an INSERT in its place would (O1, O2); an error is
+    /// propagated with `?`.
+    Outbox(u32),
     /// Register a hook.
     Reg(u32, Hook),
     /// `conn.transaction(..)`: its `Err` is swallowed; its panic is caught
@@ -109,7 +113,7 @@ fn number(p: &mut Program) {
         for s in ss {
             *n += 1;
             match s {
-                Step::Insert(id) | Step::Orphan(id) | Step::Fail(id) => *id = *n,
+                Step::Insert(id) | Step::Orphan(id) | Step::Fail(id) | Step::Outbox(id) => *id = *n,
                 Step::Reg(id, h) => {
                     *id = *n;
                     if let Hook::With(body, _) | Hook::Before(body, _) = h {
@@ -187,6 +191,9 @@ fn step(g: Gen, depth: u32, in_tx: bool) -> BoxedStrategy<Step> {
             hook(g, depth, in_tx).prop_map(|h| Step::Reg(0, h)).boxed(),
         ),
     ];
+    if cfg!(feature = "outbox") {
+        options.push((2, Just(Step::Outbox(0)).boxed()));
+    }
     if in_tx {
         options.push((1, Just(Step::Fail(0)).boxed()));
         if g.orphans {
@@ -462,6 +469,23 @@ impl Model {
                     }
                 }
             }
+            Step::Outbox(id) => {
+                // No I/O at the call inside a transaction (O1): the row is
+                // queued with its level, so it shares an INSERT's fate but
+                // never fails here, even in an aborted transaction.
+                let row = ('x', *id);
+                if self.levels >= 1 {
+                    self.pending.push((self.levels, row));
+                } else if self.running == 0 && self.outside == OutsideTransaction::Panic {
+                    return Err(Exc::Panic("outside".into()));
+                } else if self.baseline {
+                    self.test_rows.push(row);
+                } else {
+                    self.durable.push(row);
+                }
+                self.log.push(format!("x{id}=ok"));
+                Ok(())
+            }
             Step::Fail(id) => {
                 let k = self.sql(None).unwrap_err();
                 self.log.push(format!("f{id}=err:{k}"));
@@ -709,6 +733,67 @@ struct Cx {
     log: Log,
     rows: &'static str,
     child: &'static str,
+    /// Registers the outbox hook of `Step::Outbox` on the wrapper (given
+    /// as `dyn Any`: `run_step` knows no backend), and reads the outbox
+    /// rows' ids back (feature `outbox`).
+    outbox: OutboxFns,
+}
+
+type OutboxFns = (
+    fn(&mut dyn std::any::Any, u32) -> Result<(), Error>,
+    fn(&mut dyn std::any::Any) -> Vec<u32>,
+);
+
+/// The payload of `Step::Outbox`.
+#[cfg(feature = "outbox")]
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ModelJob {
+    id: u32,
+}
+
+#[cfg(feature = "outbox")]
+impl diesel_on_commit::outbox::OutboxHook for ModelJob {
+    const KIND: &'static str = "model.job";
+}
+
+#[cfg(feature = "outbox")]
+fn outbox_fns<C>() -> OutboxFns
+where
+    C: Connection + diesel::connection::LoadConnection + 'static,
+    C::Backend: diesel_on_commit::outbox::OutboxBackend,
+{
+    fn register<C>(conn: &mut dyn std::any::Any, id: u32) -> Result<(), Error>
+    where
+        C: Connection + 'static,
+        C::Backend: diesel_on_commit::outbox::OutboxBackend,
+    {
+        let conn = conn.downcast_mut::<HookedConnection<C>>().unwrap();
+        conn.on_commit_outbox(ModelJob { id }).map(drop)
+    }
+    fn ids<C>(conn: &mut dyn std::any::Any) -> Vec<u32>
+    where
+        C: Connection + diesel::connection::LoadConnection + 'static,
+        C::Backend: diesel_on_commit::outbox::OutboxBackend,
+    {
+        let conn = conn.downcast_mut::<HookedConnection<C>>().unwrap();
+        diesel_on_commit::outbox::OutboxAdmin::rows(conn)
+            .unwrap()
+            .iter()
+            .map(|r| serde_json::from_str::<ModelJob>(&r.payload).unwrap().id)
+            .collect()
+    }
+    (register::<C>, ids::<C>)
+}
+
+#[cfg(not(feature = "outbox"))]
+fn outbox_fns<C>() -> OutboxFns {
+    fn register(_: &mut dyn std::any::Any, _: u32) -> Result<(), Error> {
+        unreachable!("Step::Outbox is generated only with the outbox feature")
+    }
+    fn ids(_: &mut dyn std::any::Any) -> Vec<u32> {
+        Vec::new()
+    }
+    (register, ids)
 }
 
 fn kind(e: &Error) -> String {
@@ -782,6 +867,14 @@ fn run_step<C: Connection + 'static>(
             cx.log.push(match &r {
                 Ok(()) => format!("{tag}{id}=ok"),
                 Err(e) => format!("{tag}{id}=err:{}", kind(e)),
+            });
+            r
+        }
+        Step::Outbox(id) => {
+            let r = (cx.outbox.0)(conn as &mut dyn std::any::Any, *id);
+            cx.log.push(match &r {
+                Ok(()) => format!("x{id}=ok"),
+                Err(e) => format!("x{id}=err:{}", kind(e)),
             });
             r
         }
@@ -949,6 +1042,11 @@ where
         .map(|i| ('r', i))
         .collect();
     rows.extend(ids(&mut conn, cx.child).into_iter().map(|i| ('c', i)));
+    rows.extend(
+        (cx.outbox.1)(&mut conn as &mut dyn std::any::Any)
+            .into_iter()
+            .map(|i| ('x', i)),
+    );
     rows.sort();
     (cx.log.take(), rows)
 }
@@ -1041,6 +1139,7 @@ struct Stats {
     panics_out_of_transaction: u64,
     panics_at_top: u64,
     captures: u64,
+    outbox_registrations: u64,
 }
 
 impl Stats {
@@ -1066,6 +1165,7 @@ impl Stats {
                 }
                 b't' => self.panics_at_top += 1,
                 b'c' => self.captures += 1,
+                b'x' => self.outbox_registrations += 1,
                 _ => {}
             }
         }
@@ -1078,7 +1178,8 @@ impl std::fmt::Display for Stats {
             f,
             "{} events: {} hooks run, {} transactions committed, {} rolled back, \
              {} failed COMMITs (deferred FK), {} aborted transactions refused (rule 5.3), \
-             {} caught panics out of transaction(), {} panics at the top, {} captures",
+             {} caught panics out of transaction(), {} panics at the top, {} captures, \
+             {} outbox registrations",
             self.events,
             self.hooks_run,
             self.committed,
@@ -1087,7 +1188,8 @@ impl std::fmt::Display for Stats {
             self.aborted_commits,
             self.panics_out_of_transaction,
             self.panics_at_top,
-            self.captures
+            self.captures,
+            self.outbox_registrations
         )
     }
 }
@@ -1106,6 +1208,8 @@ fn sqlite_conn() -> HookedConnection<SqliteConnection> {
          INSERT INTO m_rows (id) VALUES (0);",
     )
     .unwrap();
+    #[cfg(feature = "outbox")]
+    diesel_on_commit::outbox::Outbox::run_migrations(&mut conn).unwrap();
     conn
 }
 
@@ -1115,6 +1219,7 @@ fn sqlite_cx() -> Cx {
         log: Log::new(),
         rows: "m_rows",
         child: "m_child",
+        outbox: outbox_fns::<SqliteConnection>(),
     }
 }
 
@@ -1145,10 +1250,13 @@ fn postgres_agrees_with_the_model() {
                  parent_id BIGINT NOT NULL REFERENCES m_parent(id) DEFERRABLE INITIALLY DEFERRED);",
         )
         .unwrap();
+    #[cfg(feature = "outbox")]
+    diesel_on_commit::outbox::Outbox::run_migrations(&mut setup).unwrap();
     let cx = Cx {
         log: Log::new(),
         rows: "m_rows",
         child: "m_child",
+        outbox: outbox_fns::<PgConnection>(),
     };
     let fresh = || {
         let mut conn = schema.conn();
@@ -1156,6 +1264,9 @@ fn postgres_agrees_with_the_model() {
             "DELETE FROM m_child; DELETE FROM m_rows; INSERT INTO m_rows (id) VALUES (0)",
         )
         .unwrap();
+        #[cfg(feature = "outbox")]
+        conn.batch_execute("DELETE FROM diesel_on_commit_outbox")
+            .unwrap();
         conn
     };
     check(
@@ -1179,10 +1290,13 @@ fn mysql_agrees_with_the_model() {
              CREATE TABLE m_child (id BIGINT PRIMARY KEY, parent_id BIGINT NOT NULL) ENGINE=InnoDB;",
         )
         .unwrap();
+    #[cfg(feature = "outbox")]
+    diesel_on_commit::outbox::Outbox::run_migrations(&mut setup).unwrap();
     let cx = Cx {
         log: Log::new(),
         rows: "m_rows",
         child: "m_child",
+        outbox: outbox_fns::<MysqlConnection>(),
     };
     let fresh = || {
         let mut conn = db.conn();
@@ -1190,6 +1304,9 @@ fn mysql_agrees_with_the_model() {
             "DELETE FROM m_child; DELETE FROM m_rows; INSERT INTO m_rows (id) VALUES (0)",
         )
         .unwrap();
+        #[cfg(feature = "outbox")]
+        conn.batch_execute("DELETE FROM diesel_on_commit_outbox")
+            .unwrap();
         conn
     };
     // InnoDB checks foreign keys at once: no failing COMMIT from an orphan.

@@ -12,6 +12,8 @@
 
 mod backend_rules;
 mod common;
+#[cfg(feature = "outbox")]
+mod outbox_rules;
 
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
@@ -103,6 +105,68 @@ impl TestDb for MysqlConnection {
 
 // The rules that read the same on PostgreSQL (tests/backend_rules/).
 backend_rules::rule_tests!(MysqlConnection);
+
+// Outbox hooks (tests/outbox_rules/), in this test's database.
+#[cfg(feature = "outbox")]
+mod outbox_mysql {
+    use super::*;
+    use diesel_on_commit::outbox::Outbox;
+
+    #[derive(QueryableByName)]
+    struct Ms {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        ms: i64,
+    }
+
+    impl crate::outbox_rules::OutboxDb for MysqlConnection {
+        type Guard = MysqlDb;
+        const MAX_ROWS: usize = 65_535 / 5;
+        const BREAK_FLUSH: &'static str = "
+            CREATE TABLE guard (x INT PRIMARY KEY);
+            INSERT INTO guard VALUES (1);
+            CREATE TRIGGER break_flush BEFORE INSERT ON diesel_on_commit_outbox
+                FOR EACH ROW BEGIN
+                    IF NEW.kind = 'test.bad' THEN INSERT INTO guard VALUES (1); END IF;
+                END;";
+
+        fn fresh() -> (MysqlDb, DbConn) {
+            let db = MysqlDb::new();
+            let mut conn = db.conn();
+            Outbox::run_migrations(&mut conn).unwrap();
+            conn.batch_execute("CREATE TABLE items (id INT PRIMARY KEY)")
+                .unwrap();
+            (db, conn)
+        }
+        fn connect(db: &MysqlDb) -> DbConn {
+            db.conn()
+        }
+        fn due_in_ms(conn: &mut DbConn) -> Vec<i64> {
+            diesel::sql_query(
+                "SELECT CAST(TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), run_at) DIV 1000 AS SIGNED) \
+                 AS ms FROM diesel_on_commit_outbox ORDER BY id",
+            )
+            .load::<Ms>(conn)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.ms)
+            .collect()
+        }
+        fn items(conn: &mut DbConn) -> i64 {
+            diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                "(SELECT COUNT(*) FROM items)",
+            ))
+            .get_result(conn)
+            .unwrap()
+        }
+        fn own_schema(conn: &mut DbConn) -> String {
+            diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>("DATABASE()"))
+                .get_result(conn)
+                .unwrap()
+        }
+    }
+
+    crate::outbox_rules::outbox_tests!(MysqlConnection);
+}
 
 // ---------------------------------------------------------------------------
 // Rule 5.3 on MySQL: a statement error does not abort the transaction; a

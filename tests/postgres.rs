@@ -10,6 +10,8 @@
 
 mod backend_rules;
 mod common;
+#[cfg(feature = "outbox")]
+mod outbox_rules;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
@@ -91,6 +93,73 @@ impl TestDb for PgConnection {
 
 // The rules that read the same on MySQL (tests/backend_rules/).
 backend_rules::rule_tests!(PgConnection);
+
+// Outbox hooks (tests/outbox_rules/), in this test's schema.
+#[cfg(feature = "outbox")]
+mod outbox_pg {
+    use super::*;
+    use diesel_on_commit::outbox::Outbox;
+
+    #[derive(QueryableByName)]
+    struct Ms {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        ms: i64,
+    }
+
+    impl crate::outbox_rules::OutboxDb for PgConnection {
+        type Guard = PgSchema;
+        const MAX_ROWS: usize = 65_535 / 5;
+        const BREAK_FLUSH: &'static str = "
+            CREATE TABLE guard (x INT4 PRIMARY KEY);
+            INSERT INTO guard VALUES (1);
+            CREATE FUNCTION break_flush() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.kind = 'test.bad' THEN INSERT INTO guard VALUES (1); END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER break_flush BEFORE INSERT ON diesel_on_commit_outbox
+                FOR EACH ROW EXECUTE FUNCTION break_flush();";
+
+        fn fresh() -> (PgSchema, DbConn) {
+            let db = PgSchema::new();
+            let mut conn = db.conn();
+            Outbox::run_migrations(&mut conn).unwrap();
+            conn.batch_execute("CREATE TABLE items (id INT4 PRIMARY KEY)")
+                .unwrap();
+            (db, conn)
+        }
+        fn connect(db: &PgSchema) -> DbConn {
+            db.conn()
+        }
+        fn due_in_ms(conn: &mut DbConn) -> Vec<i64> {
+            diesel::sql_query(
+                "SELECT CAST(EXTRACT(EPOCH FROM (run_at - clock_timestamp())) * 1000 AS BIGINT) \
+                 AS ms FROM diesel_on_commit_outbox ORDER BY id",
+            )
+            .load::<Ms>(conn)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.ms)
+            .collect()
+        }
+        fn items(conn: &mut DbConn) -> i64 {
+            diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                "(SELECT COUNT(*) FROM items)",
+            ))
+            .get_result(conn)
+            .unwrap()
+        }
+        fn own_schema(conn: &mut DbConn) -> String {
+            diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
+                "current_schema()",
+            ))
+            .get_result(conn)
+            .unwrap()
+        }
+    }
+
+    crate::outbox_rules::outbox_tests!(PgConnection);
+}
 
 // ---------------------------------------------------------------------------
 // Rule 5.3: a COMMIT that fails.

@@ -20,6 +20,7 @@
 //! | `transaction_hooks.rs` | the `TransactionHooks` trait |
 //! | `options/` | transaction options and retries; `backends/` each backend's options |
 //! | `macro_support/` | what the macros call (7, M1–M4) |
+//! | `outbox/` | outbox hooks (feature `outbox`): registration, the flush, schema, handlers, drain, stats (O1, O2, O5, O6, O9, O11) |
 //!
 #![doc = include_str!("../CONTRACT.md")]
 #![forbid(unsafe_code)]
@@ -33,6 +34,9 @@ mod backends;
 mod hooked;
 mod macro_support;
 mod options;
+#[cfg(feature = "outbox")]
+#[cfg_attr(docsrs, doc(cfg(feature = "outbox")))]
+pub mod outbox;
 mod rules;
 mod transaction_hooks;
 

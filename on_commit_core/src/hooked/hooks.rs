@@ -27,6 +27,9 @@ pub(crate) enum Hook<C: diesel::Connection> {
     Commit(CommitHook<C>),
     Rollback(PlainFn),
     BeforeCommit(BeforeFn<C>),
+    /// An outbox row, written at the flush (O1).
+    #[cfg(feature = "outbox")]
+    Outbox(Box<crate::outbox::flush::QueuedRow<C>>),
     /// Left behind in the queue by a `before_commit` hook that already ran.
     Spent,
 }
@@ -41,6 +44,8 @@ impl<C: diesel::Connection> QueuedHook for Hook<C> {
             Hook::Commit(CommitHook::With(_)) => "on_commit_with",
             Hook::Rollback(_) => "on_rollback",
             Hook::BeforeCommit(_) => "before_commit",
+            #[cfg(feature = "outbox")]
+            Hook::Outbox(_) => "on_commit_outbox",
             Hook::Spent => "spent",
         }
     }
@@ -53,6 +58,12 @@ impl<C: diesel::Connection> QueuedHook for Hook<C> {
     #[inline]
     fn is_rollback(&self) -> bool {
         matches!(self, Hook::Rollback(_))
+    }
+
+    #[cfg(feature = "outbox")]
+    #[inline]
+    fn is_outbox(&self) -> bool {
+        matches!(self, Hook::Outbox(_))
     }
 
     fn take(&mut self) -> Self {

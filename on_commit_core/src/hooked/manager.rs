@@ -240,6 +240,21 @@ impl<C: Connection> TransactionManager<HookedConnection<C>> for HookedTransactio
         ) {
             return Err(Self::roll_back_aborted(conn));
         }
+        // O1: the outbox rows of the transaction are written after the last
+        // before_commit hook, before COMMIT; a failed flush rolls back like
+        // a before_commit Err. One comparison when there is none.
+        #[cfg(feature = "outbox")]
+        let flushed = if level == 1 && conn.state.outbox_rows() > 0 {
+            match crate::outbox::flush::flush_queued(conn) {
+                Ok(flushed) => flushed,
+                Err(error) => {
+                    let _ = Self::roll_back_level(conn, conn.state.levels());
+                    return Err(error);
+                }
+            }
+        } else {
+            None
+        };
         let before = depth_of(conn.inner_status()).unwrap_or(0);
         conn.state.touched();
         let result = Inner::<C>::commit_transaction(&mut conn.inner);
@@ -249,6 +264,10 @@ impl<C: Connection> TransactionManager<HookedConnection<C>> for HookedTransactio
             .state
             .after_commit(level, before, result.is_ok(), status)
         {
+            #[cfg(feature = "outbox")]
+            if let Some(flushed) = flushed {
+                conn.state.capture_outbox(flushed);
+            }
             conn.fire_commit_hooks();
         }
         result

@@ -49,6 +49,9 @@ pub struct CapturedHooks<C: Connection> {
     labels: Vec<HookLabel>,
     /// Empty under [`Capture::Execute`]: those hooks already ran.
     hooks: Vec<CommitHook<C>>,
+    /// The outbox rows written and committed during the body (O11).
+    #[cfg(feature = "outbox")]
+    outbox: Vec<crate::outbox::CapturedOutbox>,
 }
 
 impl<C: Connection> CapturedHooks<C> {
@@ -97,6 +100,40 @@ impl<C: Connection> CapturedHooks<C> {
         &self.labels
     }
 
+    /// The outbox rows the body wrote and committed (feature `outbox`), in
+    /// the order they were written: id, kind, key, payload (JSON) and
+    /// label. Capturing changes nothing about them: they are in the table
+    /// (O11). [`len`](Self::len), [`labels`](Self::labels) and
+    /// [`run`](Self::run) cover `on_commit`-kind hooks only.
+    ///
+    /// ```
+    /// use diesel::prelude::*;
+    /// use diesel_on_commit::outbox::{Outbox, OutboxHook};
+    /// use diesel_on_commit::{Capture, HookedConnection};
+    ///
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Ping { n: i32 }
+    /// impl OutboxHook for Ping { const KIND: &'static str = "ping"; }
+    ///
+    /// let mut conn = HookedConnection::new(SqliteConnection::establish(":memory:")?);
+    /// Outbox::run_migrations(&mut conn)?;
+    /// let ((), hooks) = conn.capture_on_commit(Capture::Collect, |conn| {
+    ///     conn.transaction::<_, diesel::result::Error, _>(|conn| {
+    ///         conn.on_commit_outbox(Ping { n: 1 })?;
+    ///         Ok(())
+    ///     })
+    ///     .unwrap();
+    /// });
+    /// assert!(hooks.is_empty()); // no on_commit hook
+    /// assert_eq!(hooks.outbox()[0].kind(), "ping");
+    /// assert_eq!(hooks.outbox()[0].payload(), r#"{"n":1}"#);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "outbox")]
+    pub fn outbox(&self) -> &[crate::outbox::CapturedOutbox] {
+        &self.outbox
+    }
+
     /// Runs the collected hooks, in order, with `conn`, as they would have
     /// run after COMMIT (a hook's `Err` is logged; a panic is handled by the
     /// connection's [`HookPanics`](crate::HookPanics) policy once all ran).
@@ -117,10 +154,12 @@ impl<C: Connection> CapturedHooks<C> {
 
 impl<C: Connection> fmt::Debug for CapturedHooks<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CapturedHooks")
-            .field("labels", &self.labels)
-            .field("pending", &self.hooks.len())
-            .finish()
+        let mut out = f.debug_struct("CapturedHooks");
+        out.field("labels", &self.labels)
+            .field("pending", &self.hooks.len());
+        #[cfg(feature = "outbox")]
+        out.field("outbox", &self.outbox);
+        out.finish()
     }
 }
 
@@ -158,9 +197,19 @@ impl<C: Connection> HookedConnection<C> {
         let depth = self.user_depth();
         self.state.open_capture(mode, depth);
         let result = panic::catch_unwind(AssertUnwindSafe(|| body(&mut *self)));
+        #[cfg(feature = "outbox")]
+        let outbox = self.state.take_captured_outbox();
         let (labels, hooks) = self.state.close_capture();
         match result {
-            Ok(value) => (value, CapturedHooks { labels, hooks }),
+            Ok(value) => (
+                value,
+                CapturedHooks {
+                    labels,
+                    hooks,
+                    #[cfg(feature = "outbox")]
+                    outbox,
+                },
+            ),
             Err(payload) => panic::resume_unwind(payload),
         }
     }

@@ -44,6 +44,9 @@ pub(crate) struct CaptureState<K> {
     pub(crate) mode: Capture,
     pub(crate) labels: Vec<HookLabel>,
     pub(crate) hooks: Vec<K>,
+    /// The outbox rows written while the capture is open (O11).
+    #[cfg(feature = "outbox")]
+    pub(crate) outbox: Vec<crate::outbox::CapturedOutbox>,
 }
 
 impl<K> CaptureState<K> {
@@ -52,6 +55,8 @@ impl<K> CaptureState<K> {
             mode,
             labels: Vec::new(),
             hooks: Vec::new(),
+            #[cfg(feature = "outbox")]
+            outbox: Vec::new(),
         }
     }
 

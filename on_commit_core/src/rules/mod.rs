@@ -15,6 +15,7 @@
 //! | `baseline.rs` | test transactions (11) |
 //! | `capture.rs` | capture (12) |
 //! | `counters.rs` | the counters raised around a scope (2, 6) |
+//! | `outbox.rs` | outbox rows in the queue, outside a transaction, captured (O1, O2, O11) |
 
 pub(crate) mod abort;
 pub(crate) mod baseline;
@@ -24,5 +25,7 @@ pub(crate) mod db_status;
 pub(crate) mod failures;
 pub(crate) mod label;
 pub(crate) mod levels;
+#[cfg(feature = "outbox")]
+pub(crate) mod outbox;
 pub(crate) mod placement;
 pub(crate) mod queue;

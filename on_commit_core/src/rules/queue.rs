@@ -28,6 +28,12 @@ pub(crate) trait QueuedHook: Sized {
     fn is_before_commit(&self) -> bool;
     /// Whether this is an `on_rollback`-kind hook.
     fn is_rollback(&self) -> bool;
+    /// Whether this is an outbox row waiting for the flush (O1).
+    #[cfg(feature = "outbox")]
+    #[inline]
+    fn is_outbox(&self) -> bool {
+        false
+    }
     /// Takes the hook out, leaving a spent marker in its queue slot.
     fn take(&mut self) -> Self;
     /// The `on_commit`-kind hook this is, or `self` back.
@@ -59,6 +65,10 @@ pub(crate) struct HookQueue<H> {
     /// How many `before_commit` hooks are queued (so a commit without any
     /// skips looking for them).
     before_commit: usize,
+    /// How many outbox rows are queued (so a commit without any skips the
+    /// flush; O1). Only `push_outbox` raises it.
+    #[cfg(feature = "outbox")]
+    outbox: usize,
 }
 
 impl<H: QueuedHook> HookQueue<H> {
@@ -67,6 +77,8 @@ impl<H: QueuedHook> HookQueue<H> {
             entries: Vec::new(),
             starts: Vec::new(),
             before_commit: 0,
+            #[cfg(feature = "outbox")]
+            outbox: 0,
         }
     }
 
@@ -136,6 +148,13 @@ impl<H: QueuedHook> HookQueue<H> {
                 .filter(|e| e.hook.is_before_commit())
                 .count();
         }
+        #[cfg(feature = "outbox")]
+        if self.outbox > 0 {
+            self.outbox -= self.entries[from..]
+                .iter()
+                .filter(|e| e.hook.is_outbox())
+                .count();
+        }
         self.entries.drain(from..)
     }
 
@@ -172,7 +191,47 @@ impl<H: QueuedHook> HookQueue<H> {
     pub(crate) fn take_all(&mut self) -> Vec<Entry<H>> {
         self.starts.clear();
         self.before_commit = 0;
+        #[cfg(feature = "outbox")]
+        {
+            self.outbox = 0;
+        }
         std::mem::take(&mut self.entries)
+    }
+
+    /// Appends an outbox row (`entry.hook.is_outbox()`) to level `level`,
+    /// counted, so the flush finds it (O1). A separate method, so that
+    /// registering any other hook costs no extra test.
+    #[cfg(feature = "outbox")]
+    pub(crate) fn push_outbox(&mut self, level: u32, entry: Entry<H>) {
+        debug_assert!(entry.hook.is_outbox());
+        self.push(level, entry);
+        self.outbox += 1;
+    }
+
+    /// How many outbox rows are queued.
+    #[cfg(feature = "outbox")]
+    #[inline]
+    pub(crate) fn outbox_len(&self) -> usize {
+        self.outbox
+    }
+
+    /// Takes every queued outbox row, in registration order, leaving spent
+    /// markers in their slots (the flush, O1).
+    #[cfg(feature = "outbox")]
+    pub(crate) fn take_outbox(&mut self) -> Vec<Entry<H>> {
+        let mut rows = Vec::with_capacity(self.outbox);
+        if self.outbox > 0 {
+            for entry in &mut self.entries {
+                if entry.hook.is_outbox() {
+                    rows.push(Entry {
+                        label: entry.label,
+                        hook: entry.hook.take(),
+                    });
+                }
+            }
+        }
+        self.outbox = 0;
+        rows
     }
 
     /// Gives back a drained `Vec` from [`HookQueue::take_all`] after `fired`
