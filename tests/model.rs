@@ -786,6 +786,7 @@ where
 }
 
 #[cfg(not(feature = "outbox"))]
+#[allow(clippy::extra_unused_type_parameters)] // the same call as with the feature
 fn outbox_fns<C>() -> OutboxFns {
     fn register(_: &mut dyn std::any::Any, _: u32) -> Result<(), Error> {
         unreachable!("Step::Outbox is generated only with the outbox feature")

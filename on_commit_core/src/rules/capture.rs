@@ -105,6 +105,7 @@ impl<H: QueuedHook> HookState<H> {
     }
 
     /// Whether a capture is open.
+    #[cfg(feature = "async")]
     #[inline]
     pub(crate) fn capturing(&self) -> bool {
         self.capture.is_some()

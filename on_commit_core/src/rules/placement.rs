@@ -5,7 +5,9 @@
 
 use crate::rules::failures::FirstPanic;
 use crate::rules::label::HookLabel;
-use crate::rules::levels::{DepthCheck, Freshness, HookState};
+#[cfg(feature = "async")]
+use crate::rules::levels::Freshness;
+use crate::rules::levels::{DepthCheck, HookState};
 use crate::rules::queue::{Entry, QueuedHook};
 
 /// Outside a transaction (`d == 0`), what registering an `on_commit`-kind
@@ -56,6 +58,7 @@ impl<H: QueuedHook> HookState<H> {
     /// several registrations in a row), without reading its status; `None`
     /// means "ask [`check_levels`](Self::check_levels) first" (or there is
     /// no open level). Two flag tests, for an inlined registration.
+    #[cfg(feature = "async")]
     #[inline(always)]
     pub(crate) fn checked_open_level(&self) -> Option<u32> {
         (self.freshness == Freshness::Checked && self.levels >= 1).then_some(self.levels)
